@@ -1,0 +1,139 @@
+"""One episode of online learning (the inner loop), batched over trials, and its meta-gradient.
+
+The inner loop is plain tensor algebra: forward mat-vecs, the feedback pass and one fused
+low-rank update per layer (:func:`labkit.rules.fused_update`). Autograd is used only to
+differentiate the whole unrolled loop with respect to theta (the exact meta-gradient).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from . import ops
+from .feedback import backward
+from .metrics import query_loss_and_accuracy
+from .networks import BETA, softplus
+from .rules import USES_PRE_ERROR, Rule, fused_update
+
+
+@dataclass
+class Episodic:
+    """What the inner loop needs besides theta, for T trials.
+
+    Ws: initial forward weights, L tensors (T, n_l, n_{l-1}); Bs: feedback matrices
+    (:func:`labkit.feedback.init_feedback`); x_train: (T, N, n_0) in presentation order;
+    y_train: (T, N) labels; x_query: (T, Q, n_0); y_query: (T, Q).
+    """
+
+    Ws: list[torch.Tensor]
+    Bs: list[torch.Tensor]
+    feedback: str
+    rule: Rule
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_query: torch.Tensor
+    y_query: torch.Tensor
+    beta: float = BETA
+
+
+def online_train(
+    Ws: Sequence[torch.Tensor],
+    Bs: Sequence[torch.Tensor],
+    feedback: str,
+    rule: Rule,
+    theta: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    beta: float = BETA,
+    callback: Callable[[int, list[torch.Tensor]], None] | None = None,
+    every: int = 1,
+) -> list[torch.Tensor]:
+    """Train online, one sample at a time, applying the rule after every sample.
+
+    Ws: L tensors (T, n_l, n_{l-1}); theta: (T, 10); x: (T, N, n_0); y: (T, N) with
+    n_L classes. Returns the adapted weights (a new list; the inputs are not modified).
+    All layers are updated from the same forward/backward pass of the current sample.
+    ``callback(step, Ws)`` is called before the first sample and after every ``every``
+    samples (for online learning curves; it should run under ``torch.no_grad``).
+    """
+    Ws = list(Ws)
+    L = len(Ws)
+    n_out = Ws[-1].shape[1]
+    layer_terms = rule.layer_terms
+    if len(layer_terms) != L:
+        raise ValueError(f"rule has {len(layer_terms)} layers but the network has {L}")
+    need_pre = [bool(USES_PRE_ERROR & set(ts)) for ts in layer_terms]
+    onehot = torch.nn.functional.one_hot(y, n_out).to(x.dtype)  # (T, N, n_L)
+    N = x.shape[1]
+    if callback is not None:
+        callback(0, Ws)
+    for t in range(N):
+        # forward, one sample per trial: z_l = W_l y_{l-1}
+        ys = [x[:, t]]
+        zs = []
+        for l in range(L):
+            z = ops.matvec(Ws[l], ys[-1])
+            zs.append(z)
+            ys.append(softplus(z, beta) if l < L - 1 else torch.softmax(z, dim=-1))
+        e_L = ys[-1] - onehot[:, t]
+        es = backward(feedback, Ws, Bs, ys, e_L, beta, need_e0=need_pre[0])
+        Ws = [
+            fused_update(theta, layer_terms[l], Ws[l], ys[l], ys[l + 1], es[l], es[l + 1], zs[l])
+            for l in range(L)
+        ]
+        if callback is not None and ((t + 1) % every == 0 or t + 1 == N):
+            callback(t + 1, Ws)
+    return Ws
+
+
+def episode_loss(theta: torch.Tensor, ep: Episodic) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query (loss, accuracy), each (T,), after online training on the episode with theta."""
+    Ws = online_train(ep.Ws, ep.Bs, ep.feedback, ep.rule, theta, ep.x_train, ep.y_train, ep.beta)
+    return query_loss_and_accuracy(Ws, ep.x_query, ep.y_query, ep.beta)
+
+
+def meta_gradient(
+    theta: torch.Tensor, ep: Episodic, mode: str = "reverse"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact gradient of each trial's query loss with respect to its own theta.
+
+    Returns (loss (T,), accuracy (T,), grad (T, 10)); grad is zero for inactive terms.
+    Trial i's loss depends only on theta[i], so the gradient of the summed loss is the
+    per-trial gradient.
+
+    ``mode="reverse"``: autograd through the unrolled loop (stores W at every step: memory
+    grows with the episode length). ``mode="forward"``: forward-mode (torch.func.jvp), one
+    tangent per active term, vectorised with vmap; memory stays flat as the episode grows,
+    cost grows with the number of active terms.
+    """
+    theta = theta.detach()
+    if mode == "reverse":
+        th = theta.clone().requires_grad_(True)
+        with torch.enable_grad():
+            loss, acc = episode_loss(th, ep)
+            (grad,) = torch.autograd.grad(loss.sum(), th)
+        return loss.detach(), acc.detach(), grad
+    if mode == "forward":
+        from torch.func import jvp, vmap
+
+        terms = list(ep.rule.terms)
+        tangents = torch.zeros(len(terms), *theta.shape, dtype=theta.dtype)
+        for i, r in enumerate(terms):
+            tangents[i, :, r] = 1.0
+
+        def loss_fn(th: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return episode_loss(th, ep)
+
+        def directional(v: torch.Tensor):
+            (loss, acc), (dloss, _) = jvp(loss_fn, (theta,), (v,))
+            return loss, acc, dloss
+
+        with torch.no_grad():
+            loss, acc, dloss = vmap(directional, out_dims=(None, None, 0))(tangents)
+        grad = torch.zeros_like(theta)
+        for i, r in enumerate(terms):
+            grad[:, r] = dloss[i]
+        return loss, acc, grad
+    raise ValueError(f"unknown meta-gradient mode {mode!r}; choose 'reverse' or 'forward'")

@@ -1,0 +1,97 @@
+"""Accuracy, loss, alignment angles, weight angles and orthonormality (PAPER.md, "Measurements").
+
+All functions take batched trials: ``Ws[l-1]: (T, n_l, n_{l-1})``, a query batch
+``x: (T, N, n_0)`` and integer labels ``y: (T, N)``; they return per-trial tensors.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from .feedback import backward
+from .networks import BETA, forward, logits
+
+
+def query_loss(Ws: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor, beta: float = BETA) -> torch.Tensor:
+    """Mean cross-entropy of the softmax output on the batch, per trial: (T,)."""
+    z = logits(Ws, x, beta)
+    logp = torch.log_softmax(z, dim=-1)
+    return -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(-1)
+
+
+def query_loss_and_accuracy(
+    Ws: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor, beta: float = BETA
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, accuracy), each (T,): the meta-loss (without L1) and the meta-accuracy."""
+    z = logits(Ws, x, beta)
+    logp = torch.log_softmax(z, dim=-1)
+    loss = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(-1)
+    acc = (z.argmax(-1) == y).to(z.dtype).mean(-1)
+    return loss, acc
+
+
+def vector_angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Angle in degrees between vectors along the last axis (NaN if either is zero)."""
+    cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+    return torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0)))
+
+
+@torch.no_grad()
+def alignment_angles(
+    Ws: Sequence[torch.Tensor],
+    Bs: Sequence[torch.Tensor],
+    feedback: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    beta: float = BETA,
+) -> torch.Tensor:
+    """alpha_l for l = 1..L-1, (T, L-1) degrees.
+
+    The teaching signal e_l through the feedback pathway and the one through the current
+    W^T (backprop) are computed from the same output error e_L on the batch, each averaged
+    over the batch, and the angle between the two averages is taken (as the paper does).
+    alpha_L = 0 by construction and is not returned.
+    """
+    _, ys = forward(Ws, x, beta)
+    e_L = ys[-1] - torch.nn.functional.one_hot(y, ys[-1].shape[-1]).to(ys[-1].dtype)
+    es_fb = backward(feedback, Ws, Bs, ys, e_L, beta, need_e0=False)
+    es_bp = backward("bp", Ws, [], ys, e_L, beta, need_e0=False)
+    L = len(Ws)
+    return torch.stack(
+        [vector_angle(es_fb[l].mean(1), es_bp[l].mean(1)) for l in range(1, L)], dim=-1
+    ) if L > 1 else torch.zeros(x.shape[0], 0, dtype=x.dtype)
+
+
+@torch.no_grad()
+def weight_angles(Ws: Sequence[torch.Tensor], Bs: Sequence[torch.Tensor], feedback: str) -> torch.Tensor:
+    """Angle in degrees between W_l and B_l^T (flattened), l = 1..L: (T, L).
+
+    0 under backprop (B = W^T); NaN under direct feedback alignment, where the feedback
+    matrices do not have the shape of W^T.
+    """
+    T = Ws[0].shape[0]
+    if feedback == "bp":
+        return torch.zeros(T, len(Ws), dtype=Ws[0].dtype)
+    if feedback != "fa":
+        return torch.full((T, len(Ws)), math.nan, dtype=Ws[0].dtype)
+    return torch.stack(
+        [vector_angle(W.reshape(T, -1), B.transpose(1, 2).reshape(T, -1)) for W, B in zip(Ws, Bs)], dim=-1
+    )
+
+
+@torch.no_grad()
+def orthonormality(Ws: Sequence[torch.Tensor], x: torch.Tensor, beta: float = BETA) -> torch.Tensor:
+    """E_l = || z_l - W_l W_l^T y_l ||^2 averaged over the batch, l = 1..L: (T, L).
+
+    y_l = sigma(z_l) for hidden layers and softmax(z_L) for the output, the activities
+    Oja's term uses. Small when W_l W_l^T is near the identity (Oja's fixed point).
+    """
+    zs, ys = forward(Ws, x, beta)
+    out = []
+    for l, W in enumerate(Ws, start=1):
+        WWt = torch.bmm(W, W.transpose(1, 2))  # (T, n_l, n_l)
+        resid = zs[l - 1] - torch.bmm(ys[l], WWt.transpose(1, 2))
+        out.append(resid.pow(2).sum(-1).mean(-1))
+    return torch.stack(out, dim=-1)

@@ -1,0 +1,380 @@
+"""The files of one run folder: ``history.csv``, ``config.json``, ``theta.json``.
+
+Plots and notebooks read only these files, so figures can be regenerated without
+retraining. Layout of a run folder::
+
+    history.csv   one row per (trial, episode), columns from history_columns(L)
+    config.json   every setting, seed, versions (written by the caller)
+    theta.json    final theta per trial, mean and bootstrap CI over non-diverged trials
+
+Nothing here imports torch; tensors are accepted wherever they convert with ``float``
+or have ``.detach()``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from .stats import bootstrap_ci
+
+__all__ = [
+    "N_TERMS",
+    "HISTORY_FILE",
+    "CONFIG_FILE",
+    "THETA_FILE",
+    "history_columns",
+    "HistoryWriter",
+    "read_history",
+    "history_n_layers",
+    "pivot_trials",
+    "write_json_atomic",
+    "write_config",
+    "read_config",
+    "write_theta",
+    "read_theta",
+]
+
+N_TERMS = 10
+HISTORY_FILE = "history.csv"
+CONFIG_FILE = "config.json"
+THETA_FILE = "theta.json"
+_INT_COLUMNS = ("trial", "episode", "diverged")
+# Floats read back exactly: pandas >= 3 does so by default (and deprecates the option).
+_EXACT_FLOATS = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
+
+
+# --------------------------------------------------------------------------- history
+
+
+def history_columns(n_layers: int) -> list[str]:
+    """Columns of ``history.csv``, in order, for a net with ``n_layers`` weight layers.
+
+    ``trial, episode, meta_loss, meta_accuracy, theta_0..theta_9, alpha_1..alpha_{L-1},
+    weight_angle_1..weight_angle_L, ortho_1..ortho_L, guarded, diverged``.
+    """
+    if n_layers < 1:
+        raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+    L = n_layers
+    return (
+        ["trial", "episode", "meta_loss", "meta_accuracy"]
+        + [f"theta_{r}" for r in range(N_TERMS)]
+        + [f"alpha_{l}" for l in range(1, L)]
+        + [f"weight_angle_{l}" for l in range(1, L + 1)]
+        + [f"ortho_{l}" for l in range(1, L + 1)]
+        + ["guarded", "diverged"]
+    )
+
+
+def _history_path(path: str | os.PathLike) -> Path:
+    """``path`` itself if it names a ``.csv`` file, else ``path/history.csv``."""
+    p = Path(path)
+    return p if p.suffix == ".csv" else p / HISTORY_FILE
+
+
+def _cell(column: str, value: Any) -> str:
+    """One CSV cell: blank for None/NaN, integers for the integer columns."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if hasattr(value, "item"):  # numpy scalar, 0-d array or 0-d tensor
+        value = value.item()
+    if isinstance(value, bool):
+        return str(int(value))
+    f = float(value)
+    if math.isnan(f):
+        return ""
+    if column in _INT_COLUMNS:
+        return str(int(f))
+    return repr(f)  # shortest string that reads back to the same float
+
+
+class HistoryWriter:
+    """Appends rows to ``history.csv``; the header is written once.
+
+    Each :meth:`append` opens the file, writes and flushes, so a run killed at any
+    point keeps every row written so far.
+
+    Args:
+        path: the run folder (the file is ``path/history.csv``) or a ``.csv`` path.
+        n_layers: number of weight layers L (sets the columns).
+        truncate_after_episode: for resuming from a checkpoint taken after episode N:
+            keep only existing rows with ``episode <= N`` (rows written after the
+            checkpoint would otherwise appear twice), then append. ``0`` starts an
+            empty history; ``None`` keeps every existing row.
+
+    Raises:
+        ValueError: an existing file has a different header (e.g. another L).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        n_layers: int,
+        truncate_after_episode: int | None = None,
+    ) -> None:
+        self.path = _history_path(path)
+        self.columns = history_columns(n_layers)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and self.path.stat().st_size > 0:
+            self._prepare_existing(truncate_after_episode)
+        else:
+            self._write_rows([])
+
+    def _prepare_existing(self, truncate_after_episode: int | None) -> None:
+        with open(self.path, newline="") as f:
+            text = f.read()
+        complete = text[: text.rfind("\n") + 1]  # drops a row cut short by a kill
+        lines = list(csv.reader(complete.splitlines(keepends=True)))
+        if not lines or lines[0] != self.columns:
+            found = lines[0] if lines else []
+            raise ValueError(
+                f"{self.path}: header does not match a {len(self.columns)}-column history "
+                f"for this network (found {len(found)} columns: {found[:6]}...)"
+            )
+        rows = [r for r in lines[1:] if len(r) == len(self.columns)]
+        if truncate_after_episode is not None:
+            ep = self.columns.index("episode")
+            rows = [r for r in rows if r[ep] and float(r[ep]) <= truncate_after_episode]
+        if truncate_after_episode is not None or len(rows) != len(lines) - 1 or complete != text:
+            self._write_rows(rows)
+
+    def _write_rows(self, rows: list[list[str]]) -> None:
+        """Rewrite the whole file (header + rows) atomically."""
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(self.columns)
+            w.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def append(self, rows: Iterable[dict]) -> None:
+        """Append rows (dicts keyed by column name); missing keys are left blank.
+
+        Raises:
+            KeyError: a row has a key that is not a column (catches typos early).
+        """
+        known = set(self.columns)
+        lines = []
+        for row in rows:
+            unknown = set(row) - known
+            if unknown:
+                raise KeyError(f"{self.path}: unknown history columns {sorted(unknown)}")
+            lines.append([_cell(c, row.get(c)) for c in self.columns])
+        if not lines:
+            return
+        with open(self.path, "a", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerows(lines)
+            f.flush()
+
+
+def read_history(folder_or_csv: str | os.PathLike) -> pd.DataFrame:
+    """Read ``history.csv`` (give the run folder or the file itself).
+
+    Blank cells read as NaN, ``guarded`` as a string (``''`` when nothing happened),
+    ``trial``, ``episode`` and ``diverged`` as integers. A row cut short by a kill
+    mid-write is dropped.
+
+    Raises:
+        FileNotFoundError: no such file (the message names it).
+        ValueError: the file cannot be parsed or lacks the trial/episode columns.
+    """
+    path = _history_path(folder_or_csv)
+    if not path.is_file():
+        raise FileNotFoundError(f"no history file at {path}")
+    try:
+        text = path.read_text()
+        text = text[: text.rfind("\n") + 1]  # drops a row cut short by a kill
+        df = pd.read_csv(io.StringIO(text), dtype={"guarded": str}, **_EXACT_FLOATS)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot parse history file {path}: {e}") from e
+    missing = [c for c in ("trial", "episode") if c not in df.columns]
+    if missing:
+        raise ValueError(f"history file {path} lacks columns {missing}; found {list(df.columns)}")
+    df = df.dropna(subset=["trial", "episode"])
+    if "guarded" in df.columns:
+        df["guarded"] = df["guarded"].fillna("").astype(str)
+    for c in _INT_COLUMNS:
+        if c in df.columns:
+            df[c] = df[c].fillna(0).astype(int)
+    return df.reset_index(drop=True)
+
+
+def history_n_layers(df: pd.DataFrame) -> int:
+    """Number of weight layers L of a history (counted from its ``ortho_l`` columns)."""
+    return sum(1 for c in df.columns if c.startswith("ortho_"))
+
+
+def pivot_trials(df: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One column of a history as a (trials, episodes) array.
+
+    Returns ``(episodes, values, trials)``: the sorted episodes present in any trial,
+    ``values[i, j]`` for trial ``trials[i]`` at ``episodes[j]``, NaN where a trial has
+    no row (e.g. after it diverged), and NaN for non-finite values and for the row on
+    which a trial was stopped (``diverged == 1``). A (trial, episode) written twice
+    keeps its last row.
+    """
+    if column not in df.columns:
+        raise KeyError(f"history has no column {column!r}")
+    d = df.drop_duplicates(["trial", "episode"], keep="last")
+    vals = pd.to_numeric(d[column], errors="coerce").astype(float)
+    if "diverged" in d.columns:
+        vals = vals.where(d["diverged"] == 0)
+    wide = (
+        pd.DataFrame({"trial": d["trial"], "episode": d["episode"], "v": vals})
+        .pivot(index="trial", columns="episode", values="v")
+        .sort_index()
+        .sort_index(axis=1)
+    )
+    values = np.array(wide.to_numpy(dtype=float))  # writable copy (pandas copy-on-write)
+    values[~np.isfinite(values)] = np.nan
+    return wide.columns.to_numpy(), values, wide.index.to_numpy()
+
+
+# ----------------------------------------------------------------------------- json
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain-JSON version of ``obj``: NaN/inf -> None, arrays/tensors -> lists."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "detach"):  # torch tensor, without importing torch
+        obj = obj.detach().cpu().numpy()
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as JSON (indent 2) so that readers see the old or the new file.
+
+    The text goes to a temporary file in the same folder, which then replaces
+    ``path`` (``os.replace``). NaN and infinities become ``null``; numpy arrays,
+    numpy scalars, tensors and paths are converted.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} file at {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"cannot parse {what} file {path}: {e}") from e
+
+
+def write_config(folder: str | os.PathLike, config: dict) -> Path:
+    """Write ``folder/config.json`` atomically; returns its path."""
+    path = Path(folder) / CONFIG_FILE
+    write_json_atomic(path, config)
+    return path
+
+
+def read_config(folder: str | os.PathLike) -> dict:
+    """Read ``folder/config.json``."""
+    return _read_json(Path(folder) / CONFIG_FILE, "config")
+
+
+# ---------------------------------------------------------------------------- theta
+
+
+def _numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=float)
+
+
+def write_theta(
+    folder: str | os.PathLike,
+    theta: Any,
+    active_terms: Iterable[int],
+    diverged: Any,
+    level: float = 0.98,
+    n_resamples: int = 500,
+    seed: int = 0,
+) -> dict:
+    """Write ``folder/theta.json``: final theta per trial, mean and bootstrap CI.
+
+    Args:
+        theta: ``(T, 10)`` final coefficients (a ``(10,)`` vector counts as T = 1).
+        active_terms: the terms r of the rule; only these are reported.
+        diverged: ``(T,)`` flags; diverged trials are listed but left out of the
+            mean and CI (so are trials whose theta is not finite).
+        level, n_resamples, seed: of the percentile bootstrap (see stats.bootstrap_ci).
+
+    Returns the dict written: ``terms``, ``per_trial`` (rows aligned with ``terms``),
+    ``diverged``, ``mean``/``ci_low``/``ci_high`` (keyed ``theta_r``), ``level``,
+    ``n_resamples``, ``n_trials_used``. Non-finite numbers are written as null (the
+    returned dict keeps them as NaN, as read_theta does).
+    """
+    terms = [int(r) for r in active_terms]
+    th = np.atleast_2d(_numpy(theta))
+    if th.shape[1] != N_TERMS:
+        raise ValueError(f"theta must have shape (T, {N_TERMS}), got {th.shape}")
+    if any(not 0 <= r < N_TERMS for r in terms):
+        raise ValueError(f"active terms must lie in 0..{N_TERMS - 1}, got {terms}")
+    div = np.atleast_1d(_numpy(diverged)).astype(bool)
+    if div.shape != (th.shape[0],):
+        raise ValueError(f"diverged must have shape ({th.shape[0]},), got {div.shape}")
+    sel = th[:, terms]
+    usable = ~div & np.isfinite(sel).all(axis=1)
+    mean, low, high = bootstrap_ci(np.where(usable[:, None], sel, np.nan), level=level,
+                                   n_resamples=n_resamples, seed=seed)
+    names = [f"theta_{r}" for r in terms]
+    out = {
+        "terms": terms,
+        "per_trial": sel.tolist(),
+        "diverged": [bool(d) for d in div],
+        "mean": dict(zip(names, np.atleast_1d(mean).tolist())),
+        "ci_low": dict(zip(names, np.atleast_1d(low).tolist())),
+        "ci_high": dict(zip(names, np.atleast_1d(high).tolist())),
+        "level": level,
+        "n_resamples": n_resamples,
+        "n_trials_used": int(usable.sum()),
+    }
+    write_json_atomic(Path(folder) / THETA_FILE, out)
+    return out
+
+
+def read_theta(folder: str | os.PathLike) -> dict:
+    """Read ``folder/theta.json``; nulls in the numeric fields come back as NaN."""
+    d = _read_json(Path(folder) / THETA_FILE, "theta")
+    nan = float("nan")
+    d["per_trial"] = [[nan if v is None else v for v in row] for row in d.get("per_trial", [])]
+    for k in ("mean", "ci_low", "ci_high"):
+        d[k] = {n: (nan if v is None else v) for n, v in d.get(k, {}).items()}
+    return d

@@ -1,0 +1,186 @@
+"""Claims about labkit.results: the files of a run folder."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from labkit.results import (
+    HistoryWriter,
+    history_columns,
+    pivot_trials,
+    read_config,
+    read_history,
+    read_theta,
+    write_config,
+    write_json_atomic,
+    write_theta,
+)
+
+
+def _row(trial, episode, **kw):
+    row = {"trial": trial, "episode": episode, "meta_loss": 1.0 / episode,
+           "meta_accuracy": 0.2 + 0.01 * episode, "theta_0": 1e-3 * episode,
+           "theta_2": -1e-4, "alpha_1": 80.0, "alpha_2": 70.0, "ortho_1": 3.0,
+           "ortho_2": 2.0, "ortho_3": 1.0, "weight_angle_3": 89.5}
+    row.update(kw)
+    return row
+
+
+def test_history_columns_are_in_the_documented_order():
+    cols = history_columns(3)
+    assert cols == (
+        ["trial", "episode", "meta_loss", "meta_accuracy"]
+        + [f"theta_{r}" for r in range(10)]
+        + ["alpha_1", "alpha_2"]
+        + ["weight_angle_1", "weight_angle_2", "weight_angle_3"]
+        + ["ortho_1", "ortho_2", "ortho_3"]
+        + ["guarded", "diverged"]
+    )
+    assert "alpha_5" not in history_columns(5) and "ortho_5" in history_columns(5)
+
+
+def test_history_round_trips_with_blanks_for_missing_keys(tmp_path):
+    w = HistoryWriter(tmp_path, n_layers=3)
+    w.append([_row(0, 1), _row(1, 1, guarded="clip")])
+    w.append([_row(0, 2, meta_loss=float("nan"), diverged=True, guarded="skip-nonfinite")])
+    header = (tmp_path / "history.csv").read_text().splitlines()[0]
+    assert header == ",".join(history_columns(3))
+
+    df = read_history(tmp_path)
+    assert list(df.columns) == history_columns(3)
+    assert len(df) == 3
+    assert df["trial"].tolist() == [0, 1, 0] and df["episode"].tolist() == [1, 1, 2]
+    assert df["meta_accuracy"].iloc[0] == 0.2 + 0.01  # floats round-trip exactly
+    assert df["theta_1"].isna().all()  # inactive term: blank
+    assert df["weight_angle_1"].isna().all() and df["weight_angle_3"].iloc[0] == 89.5
+    assert math.isnan(df["meta_loss"].iloc[2])
+    assert df["guarded"].tolist() == ["", "clip", "skip-nonfinite"]
+    assert df["diverged"].tolist() == [0, 0, 1]
+    assert read_history(tmp_path / "history.csv").equals(df)  # folder or file
+
+
+def test_history_writer_rejects_unknown_columns(tmp_path):
+    w = HistoryWriter(tmp_path, n_layers=2)
+    with pytest.raises(KeyError, match="alpha_9"):
+        w.append([{"trial": 0, "episode": 1, "alpha_9": 1.0}])
+
+
+def test_history_writer_truncates_rows_after_the_checkpoint_on_resume(tmp_path):
+    w = HistoryWriter(tmp_path, n_layers=3)
+    w.append([_row(t, e) for e in range(1, 8) for t in range(2)])
+    # checkpoint at episode 4; the run was killed after writing episode 7
+    w2 = HistoryWriter(tmp_path, n_layers=3, truncate_after_episode=4)
+    assert read_history(tmp_path)["episode"].max() == 4
+    w2.append([_row(t, e) for e in range(5, 9) for t in range(2)])
+    df = read_history(tmp_path)
+    assert len(df) == 16 and not df.duplicated(["trial", "episode"]).any()
+    assert (tmp_path / "history.csv").read_text().count("trial,episode") == 1
+
+
+def test_history_writer_without_truncation_appends_and_zero_starts_empty(tmp_path):
+    HistoryWriter(tmp_path, 3).append([_row(0, 1)])
+    HistoryWriter(tmp_path, 3).append([_row(0, 2)])
+    assert len(read_history(tmp_path)) == 2
+    HistoryWriter(tmp_path, 3, truncate_after_episode=0)
+    assert len(read_history(tmp_path)) == 0
+
+
+def test_history_writer_drops_a_row_cut_short_by_a_kill(tmp_path):
+    HistoryWriter(tmp_path, 3).append([_row(0, 1), _row(0, 2)])
+    path = tmp_path / "history.csv"
+    path.write_text(path.read_text() + "0,3,0.12")  # partial row, no newline
+    assert read_history(tmp_path)["episode"].tolist() == [1, 2]
+    HistoryWriter(tmp_path, 3).append([_row(0, 3)])
+    assert read_history(tmp_path)["episode"].tolist() == [1, 2, 3]
+
+
+def test_history_writer_refuses_a_file_with_another_number_of_layers(tmp_path):
+    HistoryWriter(tmp_path, 3).append([_row(0, 1)])
+    with pytest.raises(ValueError, match="header"):
+        HistoryWriter(tmp_path, 5)
+
+
+def test_read_history_on_missing_file_raises_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="history.csv"):
+        read_history(tmp_path / "nope")
+
+
+def test_read_history_on_unparseable_file_names_it(tmp_path):
+    (tmp_path / "history.csv").write_text("")
+    with pytest.raises(ValueError, match="history.csv"):
+        read_history(tmp_path)
+    (tmp_path / "history.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="history.csv"):
+        read_history(tmp_path)
+
+
+def test_pivot_trials_pads_diverged_trials_with_nan(tmp_path):
+    w = HistoryWriter(tmp_path, 3)
+    w.append([_row(0, e) for e in (1, 2, 3)] + [_row(1, 1), _row(1, 2, diverged=1)])
+    eps, vals, trials = pivot_trials(read_history(tmp_path), "meta_accuracy")
+    assert eps.tolist() == [1, 2, 3] and trials.tolist() == [0, 1]
+    np.testing.assert_allclose(vals[0], [0.21, 0.22, 0.23])
+    assert vals[1, 0] == pytest.approx(0.21) and np.isnan(vals[1, 1:]).all()  # stopping row excluded
+
+
+def test_write_json_atomic_leaves_no_tmp_file_and_writes_nan_as_null(tmp_path):
+    path = tmp_path / "sub" / "x.json"
+    write_json_atomic(path, {"a": float("nan"), "b": np.array([1.0, np.inf]),
+                             "c": np.float32(0.5), "d": tmp_path})
+    assert [p.name for p in path.parent.iterdir()] == ["x.json"]
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text and "\n  " in text  # indent=2
+    assert json.loads(text) == {"a": None, "b": [1.0, None], "c": 0.5, "d": str(tmp_path)}
+    write_json_atomic(path, {"a": 1})  # replaces
+    assert json.loads(path.read_text()) == {"a": 1}
+
+
+def test_write_json_atomic_keeps_the_old_file_when_serialisation_fails(tmp_path):
+    path = tmp_path / "x.json"
+    write_json_atomic(path, {"a": 1})
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"a": object()})
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_config_round_trips(tmp_path):
+    cfg = {"seed": 3, "rule": "bio", "lr": 1e-3, "sizes": [784, 170, 47]}
+    assert write_config(tmp_path, cfg) == tmp_path / "config.json"
+    assert read_config(tmp_path) == cfg
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        read_config(tmp_path / "missing")
+
+
+def test_theta_json_reports_mean_and_ci_over_non_diverged_trials(tmp_path):
+    rng = np.random.default_rng(0)
+    theta = np.zeros((6, 10))
+    theta[:, 0] = 1e-3 + 1e-4 * rng.normal(size=6)
+    theta[:, 2] = -2e-4 + 1e-5 * rng.normal(size=6)
+    theta[5] = 1e3  # diverged trial: garbage, must not enter the mean
+    theta[4, 9] = np.nan  # a non-finite theta also leaves the mean
+    diverged = [0, 0, 0, 0, 0, 1]
+    out = write_theta(tmp_path, theta, [0, 2, 9], diverged, n_resamples=200, seed=1)
+    back = read_theta(tmp_path)
+
+    assert back["terms"] == [0, 2, 9] and back["level"] == 0.98
+    assert back["diverged"] == [False] * 5 + [True]
+    assert back["n_trials_used"] == 4
+    assert len(back["per_trial"]) == 6 and len(back["per_trial"][0]) == 3
+    assert math.isnan(back["per_trial"][4][2])
+    np.testing.assert_allclose(back["mean"]["theta_0"], theta[:4, 0].mean())
+    np.testing.assert_allclose(back["mean"]["theta_2"], theta[:4, 2].mean())
+    for k in ("theta_0", "theta_2", "theta_9"):
+        assert back["ci_low"][k] <= back["mean"][k] <= back["ci_high"][k]
+    assert back["ci_low"]["theta_0"] < back["ci_high"]["theta_0"]
+    assert out["mean"] == back["mean"]
+    assert "NaN" not in (tmp_path / "theta.json").read_text()
+
+
+def test_theta_json_with_every_trial_diverged_has_null_mean(tmp_path):
+    write_theta(tmp_path, np.ones(10), [0], [True])
+    back = read_theta(tmp_path)
+    assert back["n_trials_used"] == 0 and math.isnan(back["mean"]["theta_0"])
+    assert json.loads((tmp_path / "theta.json").read_text())["mean"]["theta_0"] is None
