@@ -7,7 +7,7 @@ differentiate the whole unrolled loop with respect to theta (the exact meta-grad
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 
@@ -88,18 +88,25 @@ def online_train(
     return Ws
 
 
-def episode_loss(theta: torch.Tensor, ep: Episodic) -> tuple[torch.Tensor, torch.Tensor]:
-    """Query (loss, accuracy), each (T,), after online training on the episode with theta."""
+class MetaGradient(NamedTuple):
+    """Result of :func:`meta_gradient` for T trials."""
+
+    loss: torch.Tensor  # (T,) query cross-entropy after adaptation
+    accuracy: torch.Tensor  # (T,) query accuracy after adaptation
+    grad: torch.Tensor  # (T, 10) d loss_i / d theta_i (zero for inactive terms)
+    Ws: list[torch.Tensor]  # adapted weights, detached
+
+
+def episode_loss(theta: torch.Tensor, ep: Episodic) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Query (loss, accuracy), each (T,), after online training on the episode, and the adapted Ws."""
     Ws = online_train(ep.Ws, ep.Bs, ep.feedback, ep.rule, theta, ep.x_train, ep.y_train, ep.beta)
-    return query_loss_and_accuracy(Ws, ep.x_query, ep.y_query, ep.beta)
+    loss, acc = query_loss_and_accuracy(Ws, ep.x_query, ep.y_query, ep.beta)
+    return loss, acc, Ws
 
 
-def meta_gradient(
-    theta: torch.Tensor, ep: Episodic, mode: str = "reverse"
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def meta_gradient(theta: torch.Tensor, ep: Episodic, mode: str = "reverse") -> MetaGradient:
     """Exact gradient of each trial's query loss with respect to its own theta.
 
-    Returns (loss (T,), accuracy (T,), grad (T, 10)); grad is zero for inactive terms.
     Trial i's loss depends only on theta[i], so the gradient of the summed loss is the
     per-trial gradient.
 
@@ -112,9 +119,9 @@ def meta_gradient(
     if mode == "reverse":
         th = theta.clone().requires_grad_(True)
         with torch.enable_grad():
-            loss, acc = episode_loss(th, ep)
+            loss, acc, Ws = episode_loss(th, ep)
             (grad,) = torch.autograd.grad(loss.sum(), th)
-        return loss.detach(), acc.detach(), grad
+        return MetaGradient(loss.detach(), acc.detach(), grad, [W.detach() for W in Ws])
     if mode == "forward":
         from torch.func import jvp, vmap
 
@@ -123,17 +130,58 @@ def meta_gradient(
         for i, r in enumerate(terms):
             tangents[i, :, r] = 1.0
 
-        def loss_fn(th: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return episode_loss(th, ep)
+        def loss_fn(th: torch.Tensor):
+            loss, acc, Ws = episode_loss(th, ep)
+            return loss, (acc, Ws)
 
         def directional(v: torch.Tensor):
-            (loss, acc), (dloss, _) = jvp(loss_fn, (theta,), (v,))
-            return loss, acc, dloss
+            loss, dloss, (acc, Ws) = jvp(loss_fn, (theta,), (v,), has_aux=True)
+            return loss, acc, Ws, dloss
 
-        with torch.no_grad():
-            loss, acc, dloss = vmap(directional, out_dims=(None, None, 0))(tangents)
+        with ops.reference_ops():
+            loss, acc, Ws, dloss = vmap(directional, out_dims=(None, None, None, 0))(tangents)
         grad = torch.zeros_like(theta)
         for i, r in enumerate(terms):
             grad[:, r] = dloss[i]
-        return loss, acc, grad
+        return MetaGradient(loss.detach(), acc.detach(), grad, [W.detach() for W in Ws])
     raise ValueError(f"unknown meta-gradient mode {mode!r}; choose 'reverse' or 'forward'")
+
+
+@torch.no_grad()
+def learning_curve(
+    Ws: Sequence[torch.Tensor],
+    Bs: Sequence[torch.Tensor],
+    feedback: str,
+    rule: Rule,
+    theta: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_eval: torch.Tensor,
+    y_eval: torch.Tensor,
+    every: int = 50,
+    beta: float = BETA,
+) -> dict[str, torch.Tensor]:
+    """Online learning curve (PAPER.md Fig 1): train on the stream ``x: (T, N, n_0)``, ``y: (T, N)``
+    one sample at a time, and every ``every`` samples measure on ``x_eval: (T, E, n_0)``.
+
+    Returns ``{"steps": (S,), "accuracy": (T, S), "loss": (T, S), "alpha": (T, S, L-1)}`` where
+    alpha are the teaching-signal angles to backprop (:func:`labkit.metrics.alignment_angles`).
+    """
+    from .metrics import alignment_angles
+
+    steps, accs, losses, alphas = [], [], [], []
+
+    def record(step: int, W_now: list[torch.Tensor]) -> None:
+        loss, acc = query_loss_and_accuracy(W_now, x_eval, y_eval, beta)
+        steps.append(step)
+        accs.append(acc)
+        losses.append(loss)
+        alphas.append(alignment_angles(W_now, Bs, feedback, x_eval, y_eval, beta))
+
+    online_train(Ws, Bs, feedback, rule, theta, x, y, beta, callback=record, every=every)
+    return {
+        "steps": torch.tensor(steps),
+        "accuracy": torch.stack(accs, dim=1),
+        "loss": torch.stack(losses, dim=1),
+        "alpha": torch.stack(alphas, dim=1),
+    }

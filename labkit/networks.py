@@ -21,8 +21,13 @@ BETA: float = 10.0
 
 
 def softplus(z: torch.Tensor, beta: float = BETA) -> torch.Tensor:
-    """sigma(z) = log(1 + exp(beta z)) / beta, computed stably."""
-    return torch.nn.functional.softplus(z, beta=beta, threshold=20.0)
+    """sigma(z) = log(1 + exp(beta z)) / beta, computed stably.
+
+    Linear only above beta z = 40, where it equals z (and its slope 1) to float64 precision;
+    torch's default cut at 20 is off by ~1e-9 in the slope, so the derivative the feedback
+    reads from the output, 1 - exp(-beta y), would not be the slope of this function.
+    """
+    return torch.nn.functional.softplus(z, beta=beta, threshold=40.0)
 
 
 def softplus_deriv_from_output(y: torch.Tensor, beta: float = BETA) -> torch.Tensor:

@@ -1,0 +1,547 @@
+"""Meta-training of plasticity coefficients theta (PAPER.md, "Meta-learning").
+
+Per episode and trial: draw a task, re-initialise W and B, train online with theta, and
+take an Adam step on theta against the query cross-entropy plus lambda * ||theta||_1, with
+the exact meta-gradient through the unrolled episode. T trials run as one batched
+computation; trial i draws everything from generators seeded by (seed, i), so it produces
+the same numbers whether it runs alone or among others.
+
+Stability guards (all switchable, every action counted in ``history.csv``'s ``guarded``):
+
+* ``skip-nonfinite``: a trial whose loss or meta-gradient is NaN/inf takes no step at all
+  (theta and Adam's moments untouched, so one bad episode cannot poison the moments);
+  after ``patience`` consecutive bad episodes the trial is declared diverged and stopped.
+* ``clip``: a meta-gradient whose norm exceeds ``clip`` times the median norm of the
+  trial's last 20 accepted gradients is rescaled to that bound (adaptive clipping: one
+  exploding gradient otherwise inflates Adam's second moment and freezes theta for
+  hundreds of episodes).
+* warm-up: the meta learning rate rises linearly over the first ``warmup`` episodes, so
+  Adam's first, sign-sized steps do not throw theta into the chaotic regime at once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from . import __version__
+from .data import EpisodeSampler, load_dataset, split_classes, stack_episodes
+from .feedback import FEEDBACK_KINDS, init_feedback
+from .learner import Episodic, meta_gradient, online_train
+from .metrics import alignment_angles, orthonormality, query_loss_and_accuracy, weight_angles
+from .networks import BETA, init_weights
+from .results import HistoryWriter, write_config, write_json_atomic, write_theta
+from .rules import DEFAULT_FEEDBACK, N_TERMS, NAMED_RULES, Rule, make_rule
+from .stats import bootstrap_ci
+
+CHECKPOINT_FILE = "checkpoint.pt"
+HIDDEN_PAPER: tuple[int, ...] = (170, 130, 100, 70)
+# Default L1 strength per rule: lambda = 0 for the fixed-term rules (the paper's baselines),
+# and for the pool the value found in README ("Finding lambda").
+DEFAULT_LAMBDA: dict[str, float] = {"pool": 5e-4}
+
+
+class DivergenceError(RuntimeError):
+    """Every trial of a run diverged."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint exists but cannot be read or does not belong to this configuration."""
+
+
+@dataclass
+class MetaConfig:
+    """Every setting of a meta-training run (written to ``config.json``)."""
+
+    dataset: str = "digits"
+    data_root: str | None = None
+    download: bool = False
+    input_scale: float | str = "auto"
+    rule: str | list = "pool"
+    feedback: str | None = None  # default: "bp" for rule "bp", "dfa" for "dfa", else "fa"
+    hidden: tuple[int, ...] = HIDDEN_PAPER
+    M: int = 5
+    K: int = 50
+    Q: int = 10
+    remap_labels: bool = False
+    test_classes: int = 0  # classes held out for meta-testing (never seen in meta-training)
+    episodes: int = 600
+    trials: int = 4
+    lam: float | None = None  # L1 strength; None -> DEFAULT_LAMBDA.get(rule, 0)
+    meta_lr: float = 1e-3
+    theta0: float = 1e-3
+    seed: int = 0
+    grad_mode: str = "reverse"
+    clip: float | None = 10.0
+    warmup: int = 0
+    skip_nonfinite: bool = True
+    patience: int = 10
+    checkpoint_every: int = 25
+    dtype: str = "float32"
+    threads: int | None = None
+
+    def resolved(self) -> "MetaConfig":
+        """A copy with defaults filled in and every setting validated (raises ValueError)."""
+        c = dataclasses.replace(self)
+        rule_key = c.rule.strip().lower() if isinstance(c.rule, str) else None
+        if c.feedback is None:
+            c.feedback = DEFAULT_FEEDBACK.get(rule_key, "fa")
+        if c.feedback not in FEEDBACK_KINDS:
+            raise ValueError(f"feedback must be one of {', '.join(FEEDBACK_KINDS)}, got {c.feedback!r}")
+        if c.lam is None:
+            c.lam = DEFAULT_LAMBDA.get(rule_key, 0.0)
+        checks = [
+            (c.episodes >= 1, f"episodes must be >= 1, got {c.episodes}"),
+            (c.trials >= 1, f"trials must be >= 1, got {c.trials}"),
+            (c.lam >= 0, f"lambda (L1 strength) must be >= 0, got {c.lam}"),
+            (c.meta_lr > 0, f"meta learning rate must be > 0, got {c.meta_lr}"),
+            (c.grad_mode in ("reverse", "forward"), f"grad mode must be 'reverse' or 'forward', got {c.grad_mode!r}"),
+            (c.clip is None or c.clip > 0, f"clip must be > 0 (or off), got {c.clip}"),
+            (c.warmup >= 0, f"warmup must be >= 0 episodes, got {c.warmup}"),
+            (c.patience >= 1, f"patience must be >= 1, got {c.patience}"),
+            (c.checkpoint_every >= 1, f"checkpoint interval must be >= 1, got {c.checkpoint_every}"),
+            (c.dtype in ("float32", "float64"), f"dtype must be float32 or float64, got {c.dtype!r}"),
+            (all(int(h) >= 1 for h in c.hidden), f"hidden layer sizes must be positive, got {c.hidden}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+        c.hidden = tuple(int(h) for h in c.hidden)
+        make_rule(c.rule, len(c.hidden) + 1)  # validates the rule spec
+        return c
+
+
+def trial_generators(seed: int, trial: int) -> tuple[torch.Generator, torch.Generator]:
+    """(task generator, weight generator) of trial ``trial``, derived from (seed, trial) only."""
+    a, b = np.random.SeedSequence([int(seed), int(trial)]).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(a) >> 1), torch.Generator().manual_seed(int(b) >> 1)
+
+
+class MaskedAdam:
+    """Adam over a (T, R) tensor, element by element, with a per-trial "take this step" mask.
+
+    Identical to ``torch.optim.Adam`` (no weight decay, no amsgrad) for the trials that
+    step; a masked trial's parameters, moments and step count stay untouched.
+    """
+
+    def __init__(self, shape: tuple[int, int], lr: float, betas=(0.9, 0.999), eps: float = 1e-8, dtype=torch.float32):
+        self.lr, self.betas, self.eps = lr, betas, eps
+        self.m = torch.zeros(shape, dtype=dtype)
+        self.v = torch.zeros(shape, dtype=dtype)
+        self.t = torch.zeros(shape[0], dtype=torch.long)
+
+    def step(self, param: torch.Tensor, grad: torch.Tensor, mask: torch.Tensor, lr_scale: float = 1.0) -> torch.Tensor:
+        b1, b2 = self.betas
+        m_new = b1 * self.m + (1 - b1) * grad
+        v_new = b2 * self.v + (1 - b2) * grad * grad
+        t_new = self.t + 1
+        bc1 = 1 - b1 ** t_new.to(param.dtype)
+        bc2 = 1 - b2 ** t_new.to(param.dtype)
+        step = (self.lr * lr_scale / bc1)[:, None] * m_new / ((v_new / bc2[:, None]).sqrt() + self.eps)
+        keep = mask[:, None]
+        self.m = torch.where(keep, m_new, self.m)
+        self.v = torch.where(keep, v_new, self.v)
+        self.t = torch.where(mask, t_new, self.t)
+        return torch.where(keep, param - step, param)
+
+    def state_dict(self) -> dict:
+        return {"m": self.m, "v": self.v, "t": self.t}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.m, self.v, self.t = d["m"], d["v"], d["t"]
+
+
+@dataclass
+class RunSummary:
+    """What a finished (or interrupted) run reports."""
+
+    out: Path | None
+    theta: np.ndarray  # (T, 10)
+    terms: tuple[int, ...]
+    diverged: np.ndarray  # (T,) bool
+    final_accuracy: tuple[float, float, float]  # mean, low, high over trials (last 10 episodes)
+    guarded_steps: int
+    episodes_done: int
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+
+    def text(self) -> str:
+        mean, lo, hi = self.final_accuracy
+        n = len(self.diverged)
+        kept = [r for r in self.terms if np.nanmax(np.abs(self.theta[~self.diverged][:, r]), initial=0.0) > 1e-4]
+        lines = [
+            f"finished {self.episodes_done} episodes x {n} trials in {self.seconds:.0f} s",
+            f"meta-accuracy (mean of last 10 episodes): {100 * mean:.1f}% (98% CI {100 * lo:.1f}-{100 * hi:.1f}%)",
+            f"diverged trials: {int(self.diverged.sum())} of {n}; guarded steps: {self.guarded_steps}",
+            "theta (mean over trials): "
+            + ", ".join(f"theta_{r}={np.nanmean(self.theta[~self.diverged][:, r]):.2e}" for r in self.terms),
+            f"surviving terms (|theta_r| > 1e-4): {kept}",
+        ]
+        if self.out is not None:
+            lines.append(f"results in {self.out}")
+        return "\n".join(lines)
+
+
+class MetaTrainer:
+    """Meta-trains theta for T batched trials; writes results and checkpoints to ``out``.
+
+    Usage::
+
+        trainer = MetaTrainer(MetaConfig(rule="bio", episodes=50), out="runs/bio")
+        summary = trainer.run()
+    """
+
+    def __init__(self, config: MetaConfig, out: str | os.PathLike | None = None, resume: bool = False):
+        self.config = c = config.resolved()
+        self.dtype = torch.float64 if c.dtype == "float64" else torch.float32
+        self.dataset = load_dataset(c.dataset, c.data_root, c.download, "train", c.input_scale)
+        classes = None
+        if c.test_classes:
+            classes, self.test_class_list = split_classes(self.dataset.n_classes, c.test_classes, c.seed)
+        else:
+            self.test_class_list = []
+        self.sampler = EpisodeSampler(self.dataset, c.M, c.K, c.Q, classes=classes, remap_labels=c.remap_labels)
+        self.sizes = (self.dataset.images.shape[1], *c.hidden, self.sampler.n_outputs)
+        self.L = len(self.sizes) - 1
+        self.rule: Rule = make_rule(c.rule, self.L)
+        self.terms = self.rule.terms
+        self.active = torch.zeros(N_TERMS, dtype=torch.bool)
+        self.active[list(self.terms)] = True
+        T = c.trials
+        self.theta = torch.zeros(T, N_TERMS, dtype=self.dtype)
+        self.theta[:, 0] = c.theta0
+        self.adam = MaskedAdam((T, N_TERMS), c.meta_lr, dtype=self.dtype)
+        gens = [trial_generators(c.seed, i) for i in range(T)]
+        self.task_gens = [g[0] for g in gens]
+        self.weight_gens = [g[1] for g in gens]
+        self.stopped = torch.zeros(T, dtype=torch.bool)
+        self.bad_streak = torch.zeros(T, dtype=torch.long)
+        self.norm_history: list[list[float]] = [[] for _ in range(T)]
+        self.episode = 0
+        self.guarded_steps = 0
+        self.diverged_at: dict[int, int] = {}
+        self.out = Path(out) if out is not None else None
+        self.writer: HistoryWriter | None = None
+        if self.out is not None:
+            self.out.mkdir(parents=True, exist_ok=True)
+            ckpt = self.out / CHECKPOINT_FILE
+            if resume and ckpt.exists():
+                self._load_checkpoint(ckpt)
+            elif not resume and (self.out / "history.csv").exists():
+                raise FileExistsError(
+                    f"{self.out} already holds a run (history.csv); pass --resume to continue it, "
+                    "or choose another --out folder"
+                )
+            self.writer = HistoryWriter(self.out, self.L, truncate_after_episode=self.episode)
+            write_config(self.out, self.config_record())
+
+    # ------------------------------------------------------------------ records
+    def config_record(self) -> dict:
+        d = dataclasses.asdict(self.config)
+        d.update(
+            sizes=list(self.sizes),
+            terms=list(self.terms),
+            layer_terms=[list(t) for t in self.rule.layer_terms],
+            n_outputs=self.sampler.n_outputs,
+            input_scale_used=self.dataset.input_scale,
+            meta_test_classes=self.test_class_list,
+            versions={
+                "labkit": __version__,
+                "torch": torch.__version__,
+                "numpy": np.__version__,
+                "python": sys.version.split()[0],
+                "platform": platform.platform(),
+            },
+        )
+        return d
+
+    def _checkpoint_state(self) -> dict:
+        return {
+            "episode": self.episode,
+            "theta": self.theta,
+            "adam": self.adam.state_dict(),
+            "task_gens": [g.get_state() for g in self.task_gens],
+            "weight_gens": [g.get_state() for g in self.weight_gens],
+            "stopped": self.stopped,
+            "bad_streak": self.bad_streak,
+            "norm_history": self.norm_history,
+            "guarded_steps": self.guarded_steps,
+            "diverged_at": self.diverged_at,
+            "config": dataclasses.asdict(self.config),
+        }
+
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoint.pt`` atomically (temporary file, then rename)."""
+        assert self.out is not None
+        path = self.out / CHECKPOINT_FILE
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save(self._checkpoint_state(), tmp)
+        os.replace(tmp, path)
+        return path
+
+    def _load_checkpoint(self, path: Path) -> None:
+        try:
+            s = torch.load(path, weights_only=False)
+            episode = int(s["episode"])
+        except Exception as exc:  # torch raises many kinds on a damaged file
+            raise CheckpointError(
+                f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}). It is probably "
+                "truncated or corrupt. Delete it to restart the run from episode 0 (history.csv is "
+                "then rewritten), or run without --resume into another --out folder."
+            ) from None
+        mine = dataclasses.asdict(self.config)
+        theirs = s.get("config", {})
+        differ = [k for k in mine if k not in ("episodes", "checkpoint_every", "threads", "data_root", "download")
+                  and str(theirs.get(k)) != str(mine[k])]
+        if differ:
+            raise CheckpointError(
+                f"checkpoint {path} was written with different settings ({', '.join(differ)}); "
+                "resume with the original settings (see config.json) or use another --out folder"
+            )
+        self.episode = episode
+        self.theta = s["theta"]
+        self.adam.load_state_dict(s["adam"])
+        for g, st in zip(self.task_gens, s["task_gens"]):
+            g.set_state(st)
+        for g, st in zip(self.weight_gens, s["weight_gens"]):
+            g.set_state(st)
+        self.stopped = s["stopped"]
+        self.bad_streak = s["bad_streak"]
+        self.norm_history = s["norm_history"]
+        self.guarded_steps = s["guarded_steps"]
+        self.diverged_at = s["diverged_at"]
+
+    # ------------------------------------------------------------------ one episode
+    def draw(self, trials: Sequence[int]) -> Episodic:
+        """Fresh task, weights and feedback for each listed trial, from its own generators."""
+        c = self.config
+        eps = [self.sampler.sample(self.task_gens[i]) for i in trials]
+        ep = stack_episodes(eps)
+        wg = [self.weight_gens[i] for i in trials]
+        Ws = init_weights(self.sizes, wg, self.dtype)
+        Bs = init_feedback(c.feedback, self.sizes, wg, self.dtype)
+        return Episodic(Ws, Bs, c.feedback, self.rule, ep.x_train.to(self.dtype), ep.y_train,
+                        ep.x_query.to(self.dtype), ep.y_query, BETA)
+
+    def step(self) -> list[dict]:
+        """Run one meta-training episode for every live trial; returns the history rows."""
+        c = self.config
+        self.episode += 1
+        live = [i for i in range(c.trials) if not self.stopped[i]]
+        if not live:
+            return []
+        idx = torch.tensor(live)
+        ep = self.draw(live)
+        theta = self.theta[idx]
+        mg = meta_gradient(theta, ep, c.grad_mode)
+        active = self.active.to(self.dtype)
+        grad = (mg.grad + c.lam * torch.sign(theta)) * active
+        finite = torch.isfinite(mg.loss) & torch.isfinite(grad).all(-1)
+        notes = [""] * len(live)
+        take = torch.ones(len(live), dtype=torch.bool)
+        # guard: non-finite
+        for j, i in enumerate(live):
+            if bool(finite[j]):
+                self.bad_streak[i] = 0
+                continue
+            take[j] = False
+            grad[j] = 0.0
+            self.bad_streak[i] += 1
+            if c.skip_nonfinite and self.bad_streak[i] < c.patience:
+                notes[j] = "skip-nonfinite"
+                self.guarded_steps += 1
+            else:
+                self.stopped[i] = True
+                self.diverged_at[i] = self.episode
+                notes[j] = "diverged"
+        # guard: adaptive clipping against the trial's recent gradient norms
+        if c.clip is not None:
+            norms = grad.norm(dim=-1)
+            for j, i in enumerate(live):
+                if not take[j]:
+                    continue
+                hist = self.norm_history[i]
+                n = float(norms[j])
+                if len(hist) >= 5:
+                    bound = c.clip * float(np.median(hist))
+                    if n > bound:
+                        grad[j] *= bound / n
+                        notes[j] = "clip"
+                        self.guarded_steps += 1
+                        n = bound
+                hist.append(n)
+                del hist[:-20]
+        lr_scale = min(1.0, self.episode / c.warmup) if c.warmup else 1.0
+        adam_rows = idx
+        sub = MaskedAdam((len(live), N_TERMS), c.meta_lr, dtype=self.dtype)
+        sub.m, sub.v, sub.t = self.adam.m[adam_rows], self.adam.v[adam_rows], self.adam.t[adam_rows]
+        new_theta = sub.step(theta, grad, take, lr_scale)
+        self.theta[idx] = new_theta
+        self.adam.m[adam_rows], self.adam.v[adam_rows], self.adam.t[adam_rows] = sub.m, sub.v, sub.t
+
+        # measurements on the query batch with the adapted weights
+        with torch.no_grad():
+            alpha = alignment_angles(mg.Ws, ep.Bs, c.feedback, ep.x_query, ep.y_query)
+            wang = weight_angles(mg.Ws, ep.Bs, c.feedback)
+            ortho = orthonormality(mg.Ws, ep.x_query)
+        rows = []
+        for j, i in enumerate(live):
+            row: dict[str, Any] = {
+                "trial": i,
+                "episode": self.episode,
+                "meta_loss": float(mg.loss[j]),
+                "meta_accuracy": float(mg.accuracy[j]),
+                "guarded": notes[j],
+                "diverged": int(notes[j] == "diverged"),
+            }
+            for r in self.terms:
+                row[f"theta_{r}"] = float(theta[j, r])
+            for l in range(self.L - 1):
+                row[f"alpha_{l + 1}"] = float(alpha[j, l])
+            for l in range(self.L):
+                row[f"weight_angle_{l + 1}"] = float(wang[j, l])
+                row[f"ortho_{l + 1}"] = float(ortho[j, l])
+            rows.append(row)
+        return rows
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, progress: bool = True, stop_after: int | None = None) -> RunSummary:
+        """Meta-train until ``config.episodes`` (or ``stop_after`` more episodes, for tests).
+
+        Checkpoints every ``checkpoint_every`` episodes and at the end. Raises
+        :class:`DivergenceError` only if every trial diverged (results so far are kept).
+        """
+        c = self.config
+        if c.threads:
+            torch.set_num_threads(c.threads)
+        start = time.perf_counter()
+        history: list[dict] = []
+        last_acc: dict[int, list[float]] = {}
+        target = c.episodes if stop_after is None else min(c.episodes, self.episode + stop_after)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=c.episodes, initial=self.episode, desc=f"{self.rule.name}/{c.feedback}",
+                       unit="ep", dynamic_ncols=True)
+        while self.episode < target:
+            rows = self.step()
+            history.extend(rows)
+            if self.writer is not None:
+                self.writer.append(rows)
+            for r in rows:
+                last_acc.setdefault(r["trial"], []).append(r["meta_accuracy"])
+                if r["diverged"]:
+                    msg = (f"trial {r['trial']} diverged at episode {r['episode']} (non-finite meta-loss "
+                           f"or meta-gradient); it is stopped, the other trials go on")
+                    (bar.write if bar else print)(msg, file=sys.stderr)
+            if bar is not None:
+                accs = [r["meta_accuracy"] for r in rows]
+                bar.set_postfix(acc=f"{np.mean(accs):.3f}" if accs else "-", guarded=self.guarded_steps)
+                bar.update(1)
+            if self.out is not None and (self.episode % c.checkpoint_every == 0 or self.episode == target):
+                self.save_checkpoint()
+            if bool(self.stopped.all()):
+                break
+        if bar is not None:
+            bar.close()
+        summary = self.summary(time.perf_counter() - start, history)
+        if self.out is not None:
+            write_theta(self.out, self.theta.numpy(), self.terms, self.stopped.numpy(), seed=c.seed)
+            self.save_checkpoint()
+        if bool(self.stopped.all()):
+            raise DivergenceError(
+                f"all {c.trials} trials diverged (first at episode {min(self.diverged_at.values())}); "
+                "results up to then are kept. Try a smaller --meta-lr, --warmup, or keep the default guards."
+            )
+        return summary
+
+    def summary(self, seconds: float, history: list[dict]) -> RunSummary:
+        accs = {}
+        for r in history:
+            accs.setdefault(r["trial"], []).append(r["meta_accuracy"])
+        if self.out is not None and (self.out / "history.csv").exists():
+            from .results import read_history
+
+            df = read_history(self.out)
+            accs = {int(t): g.sort_values("episode")["meta_accuracy"].tolist() for t, g in df.groupby("trial")}
+        finals = np.array([np.mean(v[-10:]) for t, v in sorted(accs.items()) if not self.stopped[t]])
+        if len(finals):
+            mean, lo, hi = bootstrap_ci(finals, seed=self.config.seed)
+            fa = (float(mean), float(lo), float(hi))
+        else:
+            fa = (math.nan, math.nan, math.nan)
+        return RunSummary(self.out, self.theta.numpy().copy(), self.terms, self.stopped.numpy().copy(), fa,
+                          self.guarded_steps, self.episode, seconds, history)
+
+
+def load_theta_from_results(folder: str | os.PathLike) -> tuple[np.ndarray, dict]:
+    """(final theta (T, 10), config) of a results folder; diverged trials dropped."""
+    from .results import read_config, read_theta
+
+    cfg = read_config(folder)
+    th = read_theta(folder)
+    full = np.zeros((len(th["per_trial"]), N_TERMS))
+    for row_i, row in enumerate(th["per_trial"]):
+        for r, v in zip(th["terms"], row):
+            full[row_i, r] = v
+    keep = ~np.array(th["diverged"], dtype=bool)
+    return full[keep], cfg
+
+
+@torch.no_grad()
+def evaluate_rule(
+    rule: str | list,
+    theta: np.ndarray | Sequence[float],
+    feedback: str | None = None,
+    dataset: str = "digits",
+    data_root: str | None = None,
+    hidden: Sequence[int] = HIDDEN_PAPER,
+    M: int = 5,
+    K: int = 50,
+    Q: int = 10,
+    tasks: int = 50,
+    seed: int = 1000,
+    test_classes: int = 0,
+    input_scale: float | str = "auto",
+    classes_seed: int = 0,
+) -> np.ndarray:
+    """Query accuracy of fresh networks trained online with a fixed rule on new tasks.
+
+    ``theta`` is one (10,) vector used for every task, or (n, 10): task k uses row k mod n
+    (e.g. one row per meta-trained trial). Returns (tasks,) accuracies. With
+    ``test_classes`` > 0 the tasks use only the held-out meta-test classes of the same split
+    as :class:`MetaTrainer` with seed ``classes_seed``.
+    """
+    th = torch.as_tensor(np.atleast_2d(np.asarray(theta, dtype=np.float64)), dtype=torch.float32)
+    if th.shape[1] != N_TERMS:
+        raise ValueError(f"theta needs {N_TERMS} entries (zeros for unused terms), got {th.shape[1]}")
+    key = rule.strip().lower() if isinstance(rule, str) else None
+    feedback = feedback or DEFAULT_FEEDBACK.get(key, "fa")
+    ds = load_dataset(dataset, data_root, False, "train", input_scale)
+    classes = split_classes(ds.n_classes, test_classes, classes_seed)[1] if test_classes else None
+    sampler = EpisodeSampler(ds, M, K, Q, classes=classes)
+    sizes = (ds.images.shape[1], *hidden, sampler.n_outputs)
+    r = make_rule(rule, len(sizes) - 1)
+    gens = [trial_generators(seed, k) for k in range(tasks)]
+    accs = []
+    batch = 16
+    for start in range(0, tasks, batch):
+        ks = list(range(start, min(tasks, start + batch)))
+        ep = stack_episodes([sampler.sample(gens[k][0]) for k in ks])
+        wg = [gens[k][1] for k in ks]
+        Ws = init_weights(sizes, wg)
+        Bs = init_feedback(feedback, sizes, wg)
+        Ws = online_train(Ws, Bs, feedback, r, th[torch.tensor(ks) % th.shape[0]], ep.x_train, ep.y_train)
+        _, acc = query_loss_and_accuracy(Ws, ep.x_query, ep.y_query)
+        accs.append(acc)
+    return torch.cat(accs).numpy()

@@ -1,0 +1,159 @@
+"""Claims about labkit.ops: the hand-written fast mat-vec primitives compute the same values
+and the same gradients as their one-line reference forms, and the learner's meta-gradient
+does not depend on which of the two is used."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+from labkit import ops
+from labkit.feedback import init_feedback
+from labkit.learner import Episodic, meta_gradient
+from labkit.networks import init_weights
+from labkit.rules import N_TERMS, make_rule
+
+DT = torch.float64
+
+
+def rand(*shape, seed=0, dtype=DT):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def ref_matvec(W, y):
+    return (W @ y[..., None])[..., 0]
+
+
+def ref_vecmat(v, W):
+    return (v[:, None, :] @ W)[:, 0]
+
+
+def ref_lowrank(base, U, V):
+    return base + U @ V
+
+
+def value_and_grads(fn, inputs, upstream):
+    xs = [x.detach().clone().requires_grad_(True) for x in inputs]
+    out = fn(*xs)
+    grads = torch.autograd.grad(out, xs, upstream)
+    return out.detach(), grads
+
+
+# W is used both as stored and transposed (backprop feedback multiplies by a W^T view).
+@pytest.mark.parametrize("transposed", [False, True], ids=["contiguous-W", "transposed-view-W"])
+def test_matvec_equals_W_times_y_in_value_and_gradient(transposed):
+    T, n, m = 2, 4, 3
+    W = rand(T, m, n, seed=1).transpose(1, 2) if transposed else rand(T, n, m, seed=1)
+    y = rand(T, m, seed=2)
+    g = rand(T, n, seed=3)
+    out, grads = value_and_grads(ops.matvec, (W, y), g)
+    ref, ref_grads = value_and_grads(ref_matvec, (W, y), g)
+    torch.testing.assert_close(out, ref, rtol=1e-14, atol=1e-15)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-15)
+    assert gradcheck(ops.matvec, (W.clone().requires_grad_(True), y.clone().requires_grad_(True)))
+
+
+def test_vecmat_equals_W_transpose_times_v_in_value_and_gradient():
+    T, n, m = 2, 4, 3
+    v, W, g = rand(T, n, seed=1), rand(T, n, m, seed=2), rand(T, m, seed=3)
+    out, grads = value_and_grads(ops.vecmat, (v, W), g)
+    ref, ref_grads = value_and_grads(ref_vecmat, (v, W), g)
+    torch.testing.assert_close(out, ref, rtol=1e-14, atol=1e-15)
+    torch.testing.assert_close(out, torch.einsum("tn,tnm->tm", v, W), rtol=1e-14, atol=1e-15)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-15)
+    assert gradcheck(ops.vecmat, (v.clone().requires_grad_(True), W.clone().requires_grad_(True)))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_lowrank_update_equals_base_plus_U_V_in_value_and_gradient(k):
+    T, n, m = 2, 4, 3
+    base, U, V, g = rand(T, n, m, seed=1), rand(T, n, k, seed=2), rand(T, k, m, seed=3), rand(T, n, m, seed=4)
+    out, grads = value_and_grads(ops.lowrank_update, (base, U, V), g)
+    ref, ref_grads = value_and_grads(ref_lowrank, (base, U, V), g)
+    torch.testing.assert_close(out, ref, rtol=1e-14, atol=1e-15)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-15)
+    assert gradcheck(ops.lowrank_update, tuple(x.clone().requires_grad_(True) for x in (base, U, V)))
+
+
+@pytest.mark.parametrize(
+    "fn,shapes",
+    [
+        (ops.matvec, [(2, 4, 3), (2, 3)]),
+        (ops.vecmat, [(2, 4), (2, 4, 3)]),
+        (ops.lowrank_update, [(2, 4, 3), (2, 4, 1), (2, 1, 3)]),
+        (ops.lowrank_update, [(2, 4, 3), (2, 4, 3), (2, 3, 3)]),
+    ],
+    ids=["matvec", "vecmat", "lowrank-k1", "lowrank-k3"],
+)
+def test_gradients_are_right_when_only_some_inputs_require_them(fn, shapes):
+    inputs = [rand(*s, seed=i) for i, s in enumerate(shapes)]
+    for needs in range(len(inputs)):
+        args = [x.clone().requires_grad_(i == needs) for i, x in enumerate(inputs)]
+        assert gradcheck(fn, tuple(args))
+
+
+def test_reference_ops_switches_to_the_plain_forms_and_restores_the_fast_ones():
+    W = rand(2, 4, 3, seed=1).requires_grad_(True)
+    y = rand(2, 3, seed=2)
+    assert "MatVec" in type(ops.matvec(W, y).grad_fn).__name__
+    with ops.reference_ops():
+        assert "MatVec" not in type(ops.matvec(W, y).grad_fn).__name__
+        with ops.reference_ops():
+            pass
+        assert "MatVec" not in type(ops.matvec(W, y).grad_fn).__name__  # nesting keeps it on
+    assert "MatVec" in type(ops.matvec(W, y).grad_fn).__name__
+    with pytest.raises(RuntimeError):
+        with ops.reference_ops():
+            raise RuntimeError("boom")
+    assert "MatVec" in type(ops.matvec(W, y).grad_fn).__name__  # restored after an error
+
+
+# ----------------------------------------------- the learner: fast ops = reference ops
+
+
+def episode(sizes, feedback, rule, T=2, N=6, Q=8, seed=0, dtype=DT):
+    g = [torch.Generator().manual_seed(100 * seed + i) for i in range(T)]
+    Ws = init_weights(sizes, g, dtype)
+    Bs = init_feedback(feedback, sizes, g, dtype)
+    d = torch.Generator().manual_seed(7 + seed)
+    n0, nL = sizes[0], sizes[-1]
+    return Episodic(
+        Ws, Bs, feedback, make_rule(rule, len(sizes) - 1),
+        torch.rand(T, N, n0, generator=d, dtype=dtype), torch.randint(nL, (T, N), generator=d),
+        torch.rand(T, Q, n0, generator=d, dtype=dtype), torch.randint(nL, (T, Q), generator=d),
+    )
+
+
+def theta_for(T, seed, dtype=DT):
+    th = 0.02 * torch.randn(T, N_TERMS, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    th[:, 0] = 0.3
+    return th
+
+
+@pytest.mark.parametrize("feedback", ["fa", "bp", "dfa"])
+@pytest.mark.parametrize("rule", ["pool", "bio", "fa", [[0, 2], [0, 1, 4], [0, 9]]])
+def test_meta_gradient_with_fast_ops_equals_reference_ops_float64(rule, feedback):
+    ep = episode((12, 9, 7, 5), feedback, rule, seed=1)
+    theta = theta_for(2, seed=2)
+    fast = meta_gradient(theta, ep)
+    with ops.reference_ops():
+        ref = meta_gradient(theta, ep)
+    torch.testing.assert_close(fast[0], ref[0], rtol=1e-13, atol=1e-14)  # loss
+    torch.testing.assert_close(fast[1], ref[1])  # accuracy
+    torch.testing.assert_close(fast[2], ref[2], rtol=1e-11, atol=1e-13)  # meta-gradient
+    assert fast[2][:, 0].abs().min() > 1e-4
+
+
+def test_meta_gradient_with_fast_ops_equals_reference_ops_float32_paper_first_layer():
+    # the paper's 784 -> 170 first layer, where the fast forms matter, in float32
+    ep = episode((784, 170, 5), "fa", "pool", T=2, N=4, Q=6, seed=3, dtype=torch.float32)
+    theta = theta_for(2, seed=4, dtype=torch.float32)
+    fast = meta_gradient(theta, ep)
+    with ops.reference_ops():
+        ref = meta_gradient(theta, ep)
+    torch.testing.assert_close(fast[0], ref[0], rtol=1e-5, atol=1e-6)
+    scale = ref[2].abs().max()
+    torch.testing.assert_close(fast[2], ref[2], rtol=1e-3, atol=1e-4 * float(scale))
