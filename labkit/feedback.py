@@ -80,7 +80,8 @@ def backward(
     lowest = 0 if need_e0 else 1
     for l in range(L - 1, lowest - 1, -1):
         if kind == "bp":
-            back = _apply(Ws[l].transpose(1, 2), es[l + 1])
+            e = es[l + 1]
+            back = ops.vecmat(e, Ws[l]) if e.dim() == 2 else _apply(Ws[l].transpose(1, 2), e)
         elif kind == "fa":
             back = _apply(Bs[l], es[l + 1])
         elif kind == "dfa":

@@ -126,7 +126,7 @@ def meta_gradient(theta: torch.Tensor, ep: Episodic, mode: str = "reverse") -> M
         from torch.func import jvp, vmap
 
         terms = list(ep.rule.terms)
-        tangents = torch.zeros(len(terms), *theta.shape, dtype=theta.dtype)
+        tangents = torch.zeros(len(terms), *theta.shape, dtype=theta.dtype, device=theta.device)
         for i, r in enumerate(terms):
             tangents[i, :, r] = 1.0
 

@@ -8,6 +8,13 @@ docstring; the backward passes use only the fast forms and write gradients in W'
 (contiguous) layout. ``tests/test_fast_paths.py`` checks values and gradients against the
 reference ops.
 
+Deferred weight gradients: a weight matrix W_{t+1} made by :func:`lowrank_update` is read
+by mat-vecs in the next step (z = W y, u = W^T v). Their gradients with respect to W are
+outer products; instead of materialising each one and letting autograd add them up (several
+passes over a full matrix each), the mat-vecs leave their factors in a slot attached to
+W_{t+1}, and the backward pass of the update that produced W_{t+1} (which autograd runs only
+after every reader of W_{t+1}) adds them all with one in-place batched product.
+
 Shapes: W: (T, n, m); vectors carry the trial axis first.
 """
 from __future__ import annotations
@@ -39,16 +46,37 @@ def _row_times_W(v: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     return torch.bmm(v.unsqueeze(1), W).squeeze(1)
 
 
+class _Slot:
+    """Outer-product factors (left (T, n), right (T, m)) owed to one weight tensor's gradient."""
+
+    __slots__ = ("left", "right")
+
+    def __init__(self) -> None:
+        self.left: list[torch.Tensor] = []
+        self.right: list[torch.Tensor] = []
+
+
+def _slot(W: torch.Tensor) -> _Slot | None:
+    return getattr(W, "_labkit_slot", None)
+
+
 class _MatVec(torch.autograd.Function):
     @staticmethod
     def forward(ctx, W: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(W, y)
+        ctx.slot = _slot(W)
         return _row_times_Wt(y, W)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         W, y = ctx.saved_tensors
-        gW = g.unsqueeze(-1) * y.unsqueeze(1) if ctx.needs_input_grad[0] else None
+        gW = None
+        if ctx.needs_input_grad[0]:
+            if ctx.slot is not None:  # d/dW of W y is g y^T: owed to W's slot
+                ctx.slot.left.append(g)
+                ctx.slot.right.append(y)
+            else:
+                gW = g.unsqueeze(-1) * y.unsqueeze(1)
         gy = _row_times_W(g, W) if ctx.needs_input_grad[1] else None
         return gW, gy
 
@@ -57,13 +85,20 @@ class _VecMat(torch.autograd.Function):
     @staticmethod
     def forward(ctx, v: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(v, W)
+        ctx.slot = _slot(W)
         return _row_times_W(v, W)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         v, W = ctx.saved_tensors
         gv = _row_times_Wt(g, W) if ctx.needs_input_grad[0] else None
-        gW = v.unsqueeze(-1) * g.unsqueeze(1) if ctx.needs_input_grad[1] else None
+        gW = None
+        if ctx.needs_input_grad[1]:
+            if ctx.slot is not None:  # d/dW of W^T v is v g^T
+                ctx.slot.left.append(v)
+                ctx.slot.right.append(g)
+            else:
+                gW = v.unsqueeze(-1) * g.unsqueeze(1)
         return gv, gW
 
 
@@ -71,13 +106,24 @@ class _LowRank(torch.autograd.Function):
     @staticmethod
     def forward(ctx, base: torch.Tensor, U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(U, V)
-        if U.shape[-1] == 1:
-            return torch.addcmul(base, U, V)
-        return torch.baddbmm(base, U, V)
+        out = torch.addcmul(base, U, V) if U.shape[-1] == 1 else torch.baddbmm(base, U, V)
+        ctx.out_slot = out._labkit_slot = _Slot()
+        return out
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         U, V = ctx.saved_tensors
+        slot = ctx.out_slot
+        if slot.left:
+            # The full gradient of our output: what autograd delivered plus what the
+            # output's mat-vec readers left in the slot. g is a buffer this chain owns
+            # (made by the loss or by the next update), so it is completed in place.
+            L = torch.stack(slot.left, dim=-1)
+            R = torch.stack(slot.right, dim=1)
+            if not g.is_contiguous():
+                g = g.contiguous()
+            g = g.baddbmm_(L, R) if L.shape[-1] > 1 else g.addcmul_(L, R)
+            slot.left, slot.right = [], []
         # gU = g V^T computed as (V g^T)^T, gV = U^T g: both "rows times matrix" forms.
         gU = torch.bmm(V, g.transpose(1, 2)).transpose(1, 2) if ctx.needs_input_grad[1] else None
         gV = torch.bmm(U.transpose(1, 2), g) if ctx.needs_input_grad[2] else None
