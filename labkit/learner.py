@@ -118,7 +118,7 @@ def meta_gradient(theta: torch.Tensor, ep: Episodic, mode: str = "reverse") -> M
     theta = theta.detach()
     if mode == "reverse":
         th = theta.clone().requires_grad_(True)
-        with torch.enable_grad():
+        with torch.enable_grad(), ops.deferred_weight_grads():
             loss, acc, Ws = episode_loss(th, ep)
             (grad,) = torch.autograd.grad(loss.sum(), th)
         return MetaGradient(loss.detach(), acc.detach(), grad, [W.detach() for W in Ws])

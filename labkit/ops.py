@@ -14,6 +14,10 @@ outer products; instead of materialising each one and letting autograd add them 
 passes over a full matrix each), the mat-vecs leave their factors in a slot attached to
 W_{t+1}, and the backward pass of the update that produced W_{t+1} (which autograd runs only
 after every reader of W_{t+1}) adds them all with one in-place batched product.
+This is only right when every backward pass runs through the update that made the weights
+(as d loss / d theta through a whole unrolled episode does); a gradient with respect to such
+weights themselves would miss the mat-vec terms. So it is off unless switched on with
+:func:`deferred_weight_grads` (which :func:`labkit.learner.meta_gradient` does).
 
 Shapes: W: (T, n, m); vectors carry the trial axis first.
 """
@@ -25,6 +29,7 @@ from typing import Iterator
 import torch
 
 _REFERENCE = False
+_DEFER = False
 
 
 @contextlib.contextmanager
@@ -36,6 +41,19 @@ def reference_ops() -> Iterator[None]:
         yield
     finally:
         _REFERENCE = old
+
+
+@contextlib.contextmanager
+def deferred_weight_grads() -> Iterator[None]:
+    """Defer mat-vec weight gradients to the update that made the weights (module docstring).
+
+    Use only around a computation whose backward passes reach every such update."""
+    global _DEFER
+    old, _DEFER = _DEFER, True
+    try:
+        yield
+    finally:
+        _DEFER = old
 
 
 def _row_times_Wt(y: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
@@ -57,7 +75,7 @@ class _Slot:
 
 
 def _slot(W: torch.Tensor) -> _Slot | None:
-    return getattr(W, "_labkit_slot", None)
+    return getattr(W, "_labkit_slot", None) if _DEFER else None
 
 
 class _MatVec(torch.autograd.Function):
@@ -107,14 +125,14 @@ class _LowRank(torch.autograd.Function):
     def forward(ctx, base: torch.Tensor, U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(U, V)
         out = torch.addcmul(base, U, V) if U.shape[-1] == 1 else torch.baddbmm(base, U, V)
-        ctx.out_slot = out._labkit_slot = _Slot()
+        ctx.out_slot = out._labkit_slot = _Slot() if _DEFER else None
         return out
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         U, V = ctx.saved_tensors
         slot = ctx.out_slot
-        if slot.left:
+        if slot is not None and slot.left:
             # The full gradient of our output: what autograd delivered plus what the
             # output's mat-vec readers left in the slot. g is a buffer this chain owns
             # (made by the loss or by the next update), so it is completed in place.

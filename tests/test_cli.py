@@ -1,0 +1,87 @@
+"""The labkit command: a short discover run, evaluate, figures, and clear errors."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from labkit.cli import main
+from labkit.results import history_columns, read_config, read_history, read_theta
+
+SMALL = ["--hidden", "16", "--M", "3", "--K", "3", "--Q", "2", "--trials", "2", "--quiet"]
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_short_discover_run_writes_files_that_parse_with_the_documented_columns(tmp_path, capsys):
+    code, out, _ = run(capsys, "discover", *SMALL, "--episodes", "3", "--out", str(tmp_path))
+    assert code == 0, out
+    assert "meta-accuracy" in out and "surviving terms" in out
+    h = read_history(tmp_path)
+    assert list(h.columns) == history_columns(2) and len(h) == 6
+    cfg = read_config(tmp_path)
+    assert cfg["rule"] == "pool" and cfg["feedback"] == "fa" and cfg["seed"] == 0
+    assert cfg["sizes"] == [784, 16, 10] and "torch" in cfg["versions"]
+    th = read_theta(tmp_path)
+    assert th["terms"] == list(range(10)) and len(th["per_trial"]) == 2
+
+
+def test_evaluate_reads_a_results_folder_and_a_rule_given_on_the_command_line(tmp_path, capsys):
+    run(capsys, "discover", *SMALL, "--rule", "bio", "--episodes", "2", "--out", str(tmp_path / "bio"))
+    code, out, _ = run(capsys, "evaluate", "--hidden", "16", "--M", "3", "--K", "3", "--Q", "2", "--tasks", "4",
+                       "--results", str(tmp_path / "bio"), "--rule", "bp", "--theta", "0.01",
+                       "--json", str(tmp_path / "eval.json"))
+    assert code == 0
+    assert "bio" in out and "bp" in out and "98% CI" in out
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert set(report) == {"bio", "bp"} and all(v["tasks"] == 4 for v in report.values())
+
+
+def test_figures_are_regenerated_from_results_folders(tmp_path, capsys):
+    run(capsys, "discover", *SMALL, "--rule", "fa", "--episodes", "3", "--out", str(tmp_path / "fa"))
+    code, out, _ = run(capsys, "figures", str(tmp_path / "fa"), "--out", str(tmp_path / "figs"))
+    assert code == 0
+    pngs = list((tmp_path / "figs").glob("*.png"))
+    assert len(pngs) >= 4 and all(p.stat().st_size > 1000 for p in pngs)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["discover", "--M", "12"], "choose M <= 10"),
+        (["discover", "--K", "190"], "choose K\\+Q <= "),
+        (["discover", "--rule", "0,12"], "terms are numbered 0..9"),
+        (["discover", "--rule", "hebbian"], "unknown rule"),
+        (["discover", "--episodes", "0"], "episodes must be >= 1"),
+        (["discover", "--lam", "-1"], "lambda .* must be >= 0"),
+        (["discover", "--dataset", "emnist", "--data-root", "/nonexistent"], "emnist-balanced-train-images-idx3-ubyte"),
+        (["evaluate", "--rule", "bp"], "needs a --theta"),
+        (["evaluate", "--rule", "bio", "--theta", "0.1,0.2"], "needs 3 numbers"),
+        (["evaluate"], "nothing to evaluate"),
+    ],
+)
+def test_invalid_input_fails_before_any_work_with_a_message_that_says_what_is_allowed(tmp_path, capsys, argv, message):
+    if argv[0] == "discover":
+        argv = argv + ["--out", str(tmp_path / "run"), "--quiet"]
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert re.search(message, err), err
+    assert not (tmp_path / "run" / "history.csv").exists()
+
+
+def test_argument_type_errors_exit_with_usage(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["discover", "--feedback", "magic"])
+    assert exc.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_an_existing_run_is_not_overwritten_without_resume(tmp_path, capsys):
+    run(capsys, "discover", *SMALL, "--rule", "fa", "--episodes", "1", "--out", str(tmp_path))
+    code, _, err = run(capsys, "discover", *SMALL, "--rule", "fa", "--episodes", "1", "--out", str(tmp_path))
+    assert code == 2 and "--resume" in err

@@ -1,0 +1,202 @@
+"""Meta-training engine: seeds, Adam, guards, divergence, checkpoints and resume."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from labkit import learner
+from labkit.meta import CheckpointError, DivergenceError, MaskedAdam, MetaConfig, MetaTrainer, evaluate_rule
+from labkit.results import history_columns, read_history, read_theta
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(hidden=(16,), M=3, K=3, Q=2, trials=2, episodes=6, checkpoint_every=2)
+
+
+def tiny(**kw) -> MetaConfig:
+    return MetaConfig(**{**TINY, **kw})
+
+
+def test_masked_adam_equals_torch_adam_for_stepping_trials():
+    torch.manual_seed(0)
+    p = torch.randn(3, 10, dtype=torch.float64)
+    ref = p.clone().requires_grad_(True)
+    opt = torch.optim.Adam([ref], lr=1e-2)
+    mine = MaskedAdam((3, 10), lr=1e-2, dtype=torch.float64)
+    for _ in range(5):
+        g = torch.randn(3, 10, dtype=torch.float64)
+        ref.grad = g.clone()
+        opt.step()
+        p = mine.step(p, g, torch.ones(3, dtype=torch.bool))
+    assert torch.allclose(p, ref.detach(), atol=1e-12)
+
+
+def test_masked_adam_leaves_a_masked_trial_untouched():
+    adam = MaskedAdam((2, 10), lr=1e-2, dtype=torch.float64)
+    p = torch.zeros(2, 10, dtype=torch.float64)
+    p2 = adam.step(p, torch.ones(2, 10, dtype=torch.float64), torch.tensor([True, False]))
+    assert (p2[1] == 0).all() and (p2[0] != 0).all()
+    assert adam.t.tolist() == [1, 0] and (adam.v[1] == 0).all()
+
+
+def test_the_same_seed_gives_the_same_history(tmp_path):
+    a = MetaTrainer(tiny(rule="bio", episodes=3), out=tmp_path / "a").run(progress=False)
+    b = MetaTrainer(tiny(rule="bio", episodes=3), out=tmp_path / "b").run(progress=False)
+    ha, hb = read_history(tmp_path / "a"), read_history(tmp_path / "b")
+    pd.testing.assert_frame_equal(ha, hb)
+    assert np.array_equal(a.theta, b.theta)
+    c = MetaTrainer(tiny(rule="bio", episodes=3, seed=1), out=tmp_path / "c").run(progress=False)
+    assert not np.array_equal(a.theta, c.theta)
+
+
+def test_a_trial_gives_the_same_numbers_alone_or_among_others():
+    alone = MetaTrainer(tiny(rule="bio", trials=1, episodes=3, dtype="float64")).run(progress=False)
+    among = MetaTrainer(tiny(rule="bio", trials=3, episodes=3, dtype="float64")).run(progress=False)
+    h1 = [r for r in alone.history if r["trial"] == 0]
+    h3 = [r for r in among.history if r["trial"] == 0]
+    assert [r["episode"] for r in h1] == [r["episode"] for r in h3]
+    for r1, r3 in zip(h1, h3):
+        assert r1["meta_loss"] == pytest.approx(r3["meta_loss"], rel=1e-9)
+    np.testing.assert_allclose(alone.theta[0], among.theta[0], rtol=1e-9, atol=1e-12)
+
+
+def test_l1_shrinks_the_pool_coefficients_towards_zero():
+    free = MetaTrainer(tiny(rule="pool", lam=0.0, episodes=5, trials=1)).run(progress=False)
+    sparse = MetaTrainer(tiny(rule="pool", lam=1.0, episodes=5, trials=1)).run(progress=False)
+    # With a huge lambda the L1 subgradient dominates: the coefficients that started at 0 stay near 0.
+    assert np.abs(sparse.theta[0, 1:]).sum() < np.abs(free.theta[0, 1:]).sum()
+
+
+def test_a_diverging_trial_is_stopped_and_the_others_go_on(tmp_path, monkeypatch):
+    real = learner.meta_gradient
+    calls = []
+
+    def poisoned(theta, ep, mode="reverse"):
+        out = real(theta, ep, mode)
+        calls.append(1)
+        if theta.shape[0] == 2 and len(calls) >= 2:  # trial 1, from episode 2 on
+            loss = out.loss.clone()
+            loss[1] = float("nan")
+            return learner.MetaGradient(loss, out.accuracy, out.grad, out.Ws)
+        return out
+
+    monkeypatch.setattr("labkit.meta.meta_gradient", poisoned)
+    summary = MetaTrainer(tiny(rule="fa", episodes=8, patience=3), out=tmp_path).run(progress=False)
+    h = read_history(tmp_path)
+    t1 = h[h.trial == 1].sort_values("episode")
+    assert t1.guarded.tolist()[1:3] == ["skip-nonfinite", "skip-nonfinite"]
+    assert t1.diverged.tolist()[-1] == 1 and t1.episode.max() == 4  # 3 bad episodes in a row: 2, 3, 4
+    assert h[h.trial == 0].episode.max() == 8  # the healthy trial finished
+    assert summary.diverged.tolist() == [False, True]
+    th = read_theta(tmp_path)
+    assert th["diverged"] == [False, True] and th["n_trials_used"] == 1
+
+
+def test_a_truly_diverging_rule_without_guards_stops_every_trial_and_keeps_results(tmp_path):
+    cfg = tiny(rule="fa", episodes=4, skip_nonfinite=False)
+    cfg.theta0 = 1e12  # an absurd inner learning rate: the online loop overflows to inf/NaN
+    with pytest.raises(DivergenceError, match="all 2 trials diverged"):
+        MetaTrainer(cfg, out=tmp_path).run(progress=False)
+    h = read_history(tmp_path)
+    assert h.diverged.sum() == 2 and (tmp_path / "theta.json").exists()
+
+
+def test_resume_after_an_interruption_gives_the_uninterrupted_history(tmp_path, monkeypatch):
+    full = tmp_path / "full"
+    MetaTrainer(tiny(rule="bio", episodes=7, checkpoint_every=2), out=full).run(progress=False)
+
+    cut = tmp_path / "cut"
+    trainer = MetaTrainer(tiny(rule="bio", episodes=7, checkpoint_every=2), out=cut)
+    real_step = trainer.step
+
+    def dying_step():
+        if trainer.episode == 5:  # killed during episode 6; last checkpoint after episode 4
+            raise KeyboardInterrupt
+        return real_step()
+
+    trainer.step = dying_step
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run(progress=False)
+    assert read_history(cut).episode.max() == 5  # episode 5 was written after the checkpoint
+    MetaTrainer(tiny(rule="bio", episodes=7, checkpoint_every=2), out=cut, resume=True).run(progress=False)
+    pd.testing.assert_frame_equal(read_history(full), read_history(cut))
+    assert read_theta(full) == read_theta(cut)
+
+
+def test_resume_after_a_hard_kill_of_the_command_gives_the_uninterrupted_history(tmp_path):
+    args = ["--hidden", "16", "--M", "3", "--K", "4", "--Q", "2", "--trials", "2", "--episodes", "40",
+            "--checkpoint-every", "3", "--rule", "bio", "--quiet", "--threads", "1"]
+    exe = [sys.executable, "-m", "labkit.cli", "discover"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run(exe + args + ["--out", str(tmp_path / "full")], check=True, env=env, capture_output=True)
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(exe + args + ["--out", str(cut)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        hist = cut / "history.csv"
+        if hist.exists() and hist.read_text().count("\n") >= 2 * 10 + 1 and (cut / "checkpoint.pt").exists():
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert read_history(cut).episode.max() < 40, "the run finished before it could be killed"
+    subprocess.run(exe + args + ["--out", str(cut), "--resume"], check=True, env=env, capture_output=True)
+    pd.testing.assert_frame_equal(read_history(tmp_path / "full"), read_history(cut))
+
+
+def test_a_corrupt_checkpoint_gives_a_clear_error_and_keeps_the_history(tmp_path):
+    MetaTrainer(tiny(rule="fa", episodes=2), out=tmp_path).run(progress=False)
+    before = (tmp_path / "history.csv").read_text()
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot be read.*Delete it"):
+        MetaTrainer(tiny(rule="fa", episodes=4), out=tmp_path, resume=True)
+    assert (tmp_path / "history.csv").read_text() == before
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    MetaTrainer(tiny(rule="fa", episodes=2), out=tmp_path).run(progress=False)
+    with pytest.raises(CheckpointError, match="different settings.*rule"):
+        MetaTrainer(tiny(rule="bio", episodes=4), out=tmp_path, resume=True)
+
+
+def test_a_second_run_into_the_same_folder_is_refused_without_resume(tmp_path):
+    MetaTrainer(tiny(rule="fa", episodes=1), out=tmp_path).run(progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        MetaTrainer(tiny(rule="fa", episodes=1), out=tmp_path)
+
+
+def test_history_has_the_documented_columns_and_one_row_per_trial_and_episode(tmp_path):
+    MetaTrainer(tiny(rule="pool", episodes=3), out=tmp_path).run(progress=False)
+    h = read_history(tmp_path)
+    assert list(h.columns) == history_columns(2)
+    assert len(h) == 2 * 3 and set(h.trial) == {0, 1}
+    assert h[[f"theta_{r}" for r in range(10)]].notna().all().all()
+    assert h.alpha_1.between(0, 180).all() and (h.ortho_1 >= 0).all()
+
+
+def test_invalid_settings_fail_before_any_work():
+    with pytest.raises(ValueError, match="M=12 classes per task.*10 classes"):
+        MetaTrainer(tiny(M=12))
+    with pytest.raises(ValueError, match="K\\+Q"):
+        MetaTrainer(tiny(K=200))
+    with pytest.raises(ValueError, match="feedback must be one of"):
+        MetaTrainer(tiny(feedback="magic"))
+    with pytest.raises(ValueError, match="terms are numbered 0..9"):
+        MetaTrainer(tiny(rule="0,12"))
+
+
+def test_evaluate_rule_reports_one_accuracy_per_task():
+    theta = np.zeros(10)
+    theta[0] = 0.01
+    accs = evaluate_rule("bp", theta, hidden=(16,), M=3, K=5, Q=2, tasks=5)
+    assert accs.shape == (5,) and ((0 <= accs) & (accs <= 1)).all()
+    assert np.array_equal(accs, evaluate_rule("bp", theta, hidden=(16,), M=3, K=5, Q=2, tasks=5))
