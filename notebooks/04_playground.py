@@ -1,0 +1,165 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · Playground: build your own plasticity rule
+#
+# *Tutorial 4 of `labkit`, reproducing N. Shervani-Tabar & R. Rosenbaum, "Meta-learning
+# biologically plausible plasticity rules with random feedback pathways",
+# Nature Communications 14, 1805 (2023), [doi:10.1038/s41467-023-37562-1](https://doi.org/10.1038/s41467-023-37562-1).*
+#
+# Notebooks 01-03 showed that feedback alignment (FA) learns slowly online, that
+# meta-learning finds a better rule $F^{bio}$ (pseudo-gradient + eHebb + Oja) and what each of
+# its terms does. Here you set the ten coefficients $\theta_0 .. \theta_9$ of the pool by hand
+# and watch a fresh 784-170-130-100-70-10 network learn online (batch size 1, one pass):
+#
+# $$W_\ell \leftarrow W_\ell + \sum_{r=0}^{9} \theta_r F^r_\ell .$$
+#
+# **Objectives.** After this notebook you can
+#
+# 1. reproduce the online learning curves of FA, BP and the discovered rule from presets;
+# 2. change single coefficients and see their effect on accuracy *and* on the alignment of
+#    the teaching signals with backprop's ($\alpha_\ell$);
+# 3. find, by hand, how large each term may be before online learning becomes unstable.
+#
+# The controls come from `labkit.widgets`. Every control calls one ordinary function,
+# `widgets.run_and_plot(feedback, theta, n_samples, ...)`, which returns the figure and the
+# curves; below we call it once with the default values (so the notebook also runs headless,
+# e.g. under papermill) and save that figure as `04_playground_default.png`.
+
+# %% Setup: imports, seeds, threads
+from pathlib import Path
+
+import numpy as np
+import torch
+from IPython.display import display
+
+from labkit import widgets
+from labkit.rules import TERM_NAMES
+
+torch.manual_seed(0)
+np.random.seed(0)
+torch.set_num_threads(1)  # small mat-vecs: one thread is fastest, and avoids contention on shared CPUs
+
+
+def save(fig, filename):
+    """Save a figure into FIG_DIR under a fixed name."""
+    path = Path(FIG_DIR) / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    print("saved", path)
+
+
+# %% tags=["parameters"]
+SMOKE = False  # True: short stream, few trials (for tests)
+RESULTS_DIR = "../results"
+FIG_DIR = "../figures"
+PRESET = "discovered bio"  # starting preset: "FA (lr only)", "discovered bio", "eHebb", "Oja", "BP"
+N_SAMPLES = 600  # default length of the online stream
+TRIALS = 3  # independent networks per curve
+DATASET = "digits"  # the bundled offline digits (fast); "mnist" if on disk
+
+# %%
+if SMOKE:
+    N_SAMPLES, TRIALS = 100, 2
+print(f"SMOKE={SMOKE}: {N_SAMPLES} samples, {TRIALS} trials on {DATASET}")
+
+# %% [markdown]
+# ## 1 · Presets
+#
+# Each preset fixes the feedback pathway and the ten coefficients. When a meta-training run
+# is committed in `RESULTS_DIR` (`fa_lr`, `bio`, `ehebb`, `oja`, `bp_lr`) the preset uses the mean
+# of its final $\theta$ over the trials; otherwise a documented, hand-set fallback
+# (`widgets.FALLBACK_THETA`, tuned by a small grid on the digits stream, *not* meta-learned).
+
+# %%
+table = widgets.presets(RESULTS_DIR)
+for name, p in table.items():
+    terms = ", ".join(f"theta_{r}={v:.3g}" for r, v in enumerate(p.theta) if v != 0)
+    print(f"{name:15s} feedback={p.feedback:3s} {terms:45s} <- {p.source}")
+
+# %% [markdown]
+# A note on signs: the pool's terms carry their own minus signs, e.g. $F^2 = -e_\ell e_{\ell-1}^\top$.
+# Under FA, $e_{\ell-1} = (B_\ell e_\ell) \odot \sigma'$, so $e_\ell e_{\ell-1}^\top$ points roughly along
+# $B_\ell^\top$ (notebook 03): a *negative* $\theta_2$ moves $W_\ell$ towards $B_\ell^\top$, which aligns the
+# forward weights with the feedback.
+#
+# ## 2 · The default figure, computed headless
+#
+# The controls are built set to `PRESET`; `controls.values()` gives their current values, the
+# keyword arguments of `run_and_plot`. Left: test accuracy on held-out images while the
+# network learns, with FA and BP using $\theta_0$ alone (same $\theta_0$) as references. Right: the
+# teaching-signal angles $\alpha_\ell$ of your rule to backprop, per hidden layer.
+
+# %%
+controls = widgets.build_controls(RESULTS_DIR, preset=PRESET, n_samples=N_SAMPLES)
+defaults = controls.values()
+print("defaults:", {k: (np.round(v, 4).tolist() if isinstance(v, np.ndarray) else v) for k, v in defaults.items()})
+fig, curves = widgets.run_and_plot(**defaults, trials=TRIALS, dataset=DATASET)
+save(fig, "04_playground_default.png")
+display(fig)
+for label, c in curves.items():
+    print(f"{label:22s} test accuracy after {c['n_samples']} samples: {c['accuracy'][:, -1].mean():.2f} "
+          f"(trials: {', '.join(f'{a:.2f}' for a in c['accuracy'][:, -1])})")
+
+# %% [markdown]
+# ## 3 · The live playground
+#
+# Move a slider (it recomputes when you release it), pick another feedback pathway, preset or
+# stream length. Each change runs `TRIALS` fresh networks (a few seconds); results are cached,
+# so going back to an earlier setting is instant. Without a live kernel (e.g. on GitHub) you
+# see only the controls.
+
+# %%
+widgets.playground(controls, initial_figure=fig, trials=TRIALS, dataset=DATASET)
+
+# %% [markdown]
+# **Think!** Start from "FA (lr only)" and add a *negative* $\theta_2$ (eHebb). Does accuracy
+# improve because the learning rate is effectively larger, or because the teaching signals
+# align ($\alpha_\ell$ falls)? Now try "Oja" instead: which panel changes?
+#
+# **Think!** Switch the "BP" preset's feedback to `fa` and back. Which part of the gap does
+# $\theta_0$ explain, and which part does the pathway explain?
+#
+# ### Summary
+# * The discovered bio rule ($\theta_0, \theta_2, \theta_9$) brings FA close to backprop's online
+#   learning; $\theta_0$ alone cannot.
+# * In the paper, eHebb (here: negative $\theta_2$) lowers the alignment angles, while Oja's term
+#   ($\theta_9$) helps accuracy with little change in alignment (it makes the forward weights more
+#   orthonormal, notebook 03). Check which of these you see on the stream above.
+#
+# ### Exercises
+# 1. With the bio preset, raise $\theta_9$ step by step. At what value does learning break down
+#    (watch for the "DIVERGED" mark in the title)? Why is Oja's term dangerous with large inputs?
+# 2. Set every coefficient to zero except one higher-order term ($\theta_5..\theta_8$) plus a small
+#    $\theta_0$. Do any of them help? The paper's L1 penalty removed them all.
+# 3. Compare `dfa` with `fa` under the bio preset. Does the discovered rule transfer to direct
+#    feedback alignment?
+# 4. Run the headless function yourself with 5 trials and 1500 samples:
+#    `widgets.run_and_plot("fa", widgets.theta_vector({0: 0.01, 2: -0.05}), 1500, trials=5)`.
+
+# %% [markdown]
+# ## Summary
+#
+# * `labkit.widgets` gives presets for the paper's rules, sliders for all ten coefficients and one
+#   function, `run_and_plot`, that trains fresh networks online and plots accuracy and alignment.
+# * The figure above (`04_playground_default.png`) is the default preset; the same call underlies
+#   every update of the live controls.
+# * Term reference (the pool, notebook 02):
+
+# %%
+for r, name in enumerate(TERM_NAMES):
+    lo, hi = widgets.SLIDER_RANGES[r]
+    print(f"theta_{r}: {name:28s} slider range [{lo:g}, {hi:g}]")
