@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--warmup", type=int, default=0, help="episodes of linear meta learning-rate warm-up")
     d.add_argument("--no-skip-nonfinite", dest="skip_nonfinite", action="store_false",
                    help="stop a trial at its first non-finite meta-gradient instead of skipping the step")
+    d.add_argument("--no-term-scaling", dest="term_scaling", action="store_false",
+                   help="use the same Adam step for every term (the paper's plain Adam) instead of "
+                        "slowing the terms that are larger than the pseudo-gradient")
     d.add_argument("--patience", type=int, default=10, help="consecutive non-finite episodes before a trial is stopped")
     d.add_argument("--remap-labels", action="store_true", help="label tasks 0..M-1 (M outputs) instead of dataset class ids")
     d.add_argument("--dtype", default="float32", choices=("float32", "float64"))
@@ -142,7 +145,7 @@ def cmd_discover(a: argparse.Namespace) -> int:
         rule=rule, feedback=a.feedback, hidden=a.hidden, M=a.M, K=a.K, Q=a.Q,
         remap_labels=a.remap_labels, test_classes=a.test_classes, episodes=a.episodes, trials=a.trials,
         lam=a.lam, meta_lr=a.meta_lr, seed=a.seed, grad_mode=a.grad_mode, clip=a.clip, warmup=a.warmup,
-        skip_nonfinite=a.skip_nonfinite, patience=a.patience, checkpoint_every=a.checkpoint_every,
+        skip_nonfinite=a.skip_nonfinite, term_scaling=a.term_scaling, patience=a.patience, checkpoint_every=a.checkpoint_every,
         dtype=a.dtype, threads=a.threads,
     )
     try:

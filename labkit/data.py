@@ -16,6 +16,9 @@ Datasets (see :data:`DATASETS`):
 
 An episode (one task) has M classes drawn without replacement and, per class, K training
 and Q query images drawn afresh for every episode (:class:`EpisodeSampler`).
+
+For online learning curves (one pass over a stream, batch size 1), :func:`online_stream`
+gives a training stream and held-out test images.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -277,6 +281,41 @@ def _load_torchvision(key: str, root: Path, download: bool, train: bool) -> tupl
     if key == "emnist":
         images = images.transpose(1, 2)  # EMNIST is stored transposed; make characters upright
     return images.reshape(len(images), 784).to(torch.float32).div_(255.0), labels
+
+
+# ---------------------------------------------------------------------------- online streams
+
+
+@lru_cache(maxsize=4)
+def online_stream(
+    dataset: str = "digits", root: str | Path | None = None, n_eval: int = 300, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Data for online learning curves: ``(x_stream, y_stream, x_eval, y_eval, n_classes)``.
+
+    ``"digits"`` has a single split: a random ``n_eval`` of its 1797 images, drawn with a
+    generator seeded by ``seed`` (same seed, same split), are held out for testing and the
+    rest form the stream. Other datasets stream their whole training split and test on the
+    first ``n_eval`` images of their test split (``seed`` is unused). ``root`` is as for
+    :func:`load_dataset`. The stream is in file order; a learner draws its own order.
+
+    Cached (the last 4 calls): the tensors are shared between calls, do not modify them in place.
+
+    Raises:
+        ValueError: ``n_eval`` < 1, or for digits not below the number of images.
+        DatasetNotFoundError: the dataset's files are missing (nothing is downloaded).
+    """
+    if n_eval < 1:
+        raise ValueError(f"n_eval must be at least 1, got {n_eval}")
+    if dataset == "digits":
+        ds = load_dataset("digits")
+        if n_eval >= len(ds):
+            raise ValueError(f"n_eval={n_eval} leaves no digits to stream; choose n_eval < {len(ds)}")
+        perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))
+        ev, tr = perm[:n_eval], perm[n_eval:]
+        return ds.images[tr], ds.labels[tr], ds.images[ev], ds.labels[ev], ds.n_classes
+    train = load_dataset(dataset, root, split="train")
+    test = load_dataset(dataset, root, split="test")
+    return train.images, train.labels, test.images[:n_eval], test.labels[:n_eval], train.n_classes
 
 
 @dataclass(eq=False)

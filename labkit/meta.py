@@ -17,6 +17,14 @@ Stability guards (all switchable, every action counted in ``history.csv``'s ``gu
   hundreds of episodes).
 * warm-up: the meta learning rate rises linearly over the first ``warmup`` episodes, so
   Adam's first, sign-sized steps do not throw theta into the chaotic regime at once.
+* term scaling: Adam moves every coordinate by about the learning rate per step, but the
+  pool's terms are not in the same units: on digits, at the start of training, ||F^5|| is
+  ~9x ||F^0||, the decay term F^3 ~7x, Oja's F^9 ~3x. A first step of 1e-3 on every theta_r
+  then changes W far more through those terms than through the pseudo-gradient, which threw
+  F^pool into a dead, chance-level regime in every trial we ran without it. With term
+  scaling, theta_r's step is multiplied by c_r = min(1, ||F^0|| / ||F^r||), measured once
+  per run on a probe episode (:func:`term_scales`): no term moves W faster per meta-step than
+  the pseudo-gradient. Single-term rules (FA, BP) are unaffected (c_0 = 1).
 """
 from __future__ import annotations
 
@@ -85,6 +93,7 @@ class MetaConfig:
     warmup: int = 0
     skip_nonfinite: bool = True
     patience: int = 10
+    term_scaling: bool = True
     checkpoint_every: int = 25
     dtype: str = "float32"
     threads: int | None = None
@@ -139,14 +148,17 @@ class MaskedAdam:
         self.v = torch.zeros(shape, dtype=dtype)
         self.t = torch.zeros(shape[0], dtype=torch.long)
 
-    def step(self, param: torch.Tensor, grad: torch.Tensor, mask: torch.Tensor, lr_scale: float = 1.0) -> torch.Tensor:
+    def step(self, param: torch.Tensor, grad: torch.Tensor, mask: torch.Tensor,
+             lr_scale: float | torch.Tensor = 1.0) -> torch.Tensor:
+        """One step for the trials where ``mask`` is True; ``lr_scale`` is a number or an
+        (R,) per-coordinate multiplier of the learning rate."""
         b1, b2 = self.betas
         m_new = b1 * self.m + (1 - b1) * grad
         v_new = b2 * self.v + (1 - b2) * grad * grad
         t_new = self.t + 1
         bc1 = 1 - b1 ** t_new.to(param.dtype)
         bc2 = 1 - b2 ** t_new.to(param.dtype)
-        step = (self.lr * lr_scale / bc1)[:, None] * m_new / ((v_new / bc2[:, None]).sqrt() + self.eps)
+        step = (self.lr / bc1)[:, None] * lr_scale * m_new / ((v_new / bc2[:, None]).sqrt() + self.eps)
         keep = mask[:, None]
         self.m = torch.where(keep, m_new, self.m)
         self.v = torch.where(keep, v_new, self.v)
@@ -217,6 +229,9 @@ class MetaTrainer:
         self.active = torch.zeros(N_TERMS, dtype=torch.bool)
         self.active[list(self.terms)] = True
         T = c.trials
+        self.term_scale = torch.ones(N_TERMS, dtype=self.dtype)
+        if c.term_scaling and len(self.terms) > 1:
+            self.term_scale = term_scales(self.sampler, self.sizes, c.feedback, c.theta0, c.seed).to(self.dtype)
         self.theta = torch.zeros(T, N_TERMS, dtype=self.dtype)
         self.theta[:, 0] = c.theta0
         self.adam = MaskedAdam((T, N_TERMS), c.meta_lr, dtype=self.dtype)
@@ -253,6 +268,7 @@ class MetaTrainer:
             layer_terms=[list(t) for t in self.rule.layer_terms],
             n_outputs=self.sampler.n_outputs,
             input_scale_used=self.dataset.input_scale,
+            term_scale=[round(float(v), 6) for v in self.term_scale],
             meta_test_classes=self.test_class_list,
             versions={
                 "labkit": __version__,
@@ -276,6 +292,7 @@ class MetaTrainer:
             "norm_history": self.norm_history,
             "guarded_steps": self.guarded_steps,
             "diverged_at": self.diverged_at,
+            "term_scale": self.term_scale,
             "config": dataclasses.asdict(self.config),
         }
 
@@ -319,6 +336,7 @@ class MetaTrainer:
         self.norm_history = s["norm_history"]
         self.guarded_steps = s["guarded_steps"]
         self.diverged_at = s["diverged_at"]
+        self.term_scale = s.get("term_scale", self.term_scale)
 
     # ------------------------------------------------------------------ one episode
     def draw(self, trials: Sequence[int]) -> Episodic:
@@ -380,7 +398,7 @@ class MetaTrainer:
                         n = bound
                 hist.append(n)
                 del hist[:-20]
-        lr_scale = min(1.0, self.episode / c.warmup) if c.warmup else 1.0
+        lr_scale = (min(1.0, self.episode / c.warmup) if c.warmup else 1.0) * self.term_scale
         adam_rows = idx
         sub = MaskedAdam((len(live), N_TERMS), c.meta_lr, dtype=self.dtype)
         sub.m, sub.v, sub.t = self.adam.m[adam_rows], self.adam.v[adam_rows], self.adam.t[adam_rows]
@@ -482,6 +500,44 @@ class MetaTrainer:
             fa = (math.nan, math.nan, math.nan)
         return RunSummary(self.out, self.theta.numpy().copy(), self.terms, self.stopped.numpy().copy(), fa,
                           self.guarded_steps, self.episode, seconds, history)
+
+
+@torch.no_grad()
+def term_scales(
+    sampler: EpisodeSampler, sizes: Sequence[int], feedback: str, theta0: float, seed: int, every: int = 10
+) -> torch.Tensor:
+    """Per-term meta-step multipliers c_r = min(1, ||F^0|| / ||F^r||), shape (10,).
+
+    Measured on one probe episode (its own generator, derived from ``seed``, so no trial's
+    random stream is touched): a fresh network learns online with the pseudo-gradient at
+    learning rate ``theta0``; every ``every`` samples and in every layer the ratio of each
+    term's Frobenius norm to F^0's is recorded; c_r uses the geometric mean of the ratios.
+    """
+    from .feedback import backward
+    from .networks import forward
+    from .rules import fused_update, pool_term
+
+    g = torch.Generator().manual_seed(int(np.random.SeedSequence([int(seed), 2**31 - 1]).generate_state(1)[0]))
+    ep = sampler.sample(g)
+    Ws = init_weights(sizes, [g])
+    Bs = init_feedback(feedback, sizes, [g])
+    theta = torch.zeros(1, N_TERMS)
+    theta[0, 0] = theta0
+    onehot = torch.nn.functional.one_hot(ep.y_train, sizes[-1]).float()
+    log_ratio = torch.zeros(N_TERMS, dtype=torch.float64)
+    count = 0
+    for t in range(ep.x_train.shape[0]):
+        zs, ys = forward(Ws, ep.x_train[t : t + 1])
+        es = backward(feedback, Ws, Bs, ys, ys[-1] - onehot[t : t + 1])
+        if t % every == 0:
+            for l in range(len(Ws)):
+                terms = [pool_term(r, Ws[l], ys[l], ys[l + 1], es[l], es[l + 1]).norm() for r in range(N_TERMS)]
+                norms = torch.stack(terms).double().clamp_min(1e-30)
+                log_ratio += (norms / norms[0]).log()
+                count += 1
+        Ws = [fused_update(theta, (0,), Ws[l], ys[l], ys[l + 1], es[l], es[l + 1], zs[l]) for l in range(len(Ws))]
+    ratio = (log_ratio / count).exp()
+    return (1.0 / ratio).clamp(max=1.0).float()
 
 
 def load_theta_from_results(folder: str | os.PathLike) -> tuple[np.ndarray, dict]:

@@ -5,11 +5,11 @@ headless (papermill, tests) and get the same figure the live controls show:
 
 * :func:`presets` -> named rules ("FA (lr only)", "discovered bio", "eHebb", "Oja", "BP"),
   read from committed results folders when present, else documented fallback values;
-* :func:`online_learning` -> the online learning curve of one rule (PAPER.md Fig 1): a
-  fresh network sees a stream of images once, batch size 1, and is tested on held-out
-  images every few samples;
-* :func:`run_and_plot` -> that curve (with FA and BP references at the same theta_0) and
-  the teaching-signal angles alpha_l, as one matplotlib figure;
+* :func:`run_and_plot` -> the online learning curve of one rule (PAPER.md Fig 1: a fresh
+  network sees a stream of images once, batch size 1, and is tested on held-out images every
+  few samples; computed by :func:`labkit.tutorial.online_learning`, which also serves
+  notebook 01), with FA and BP references at the same theta_0, and the teaching-signal
+  angles alpha_l, as one matplotlib figure;
 * :func:`build_controls` / :func:`playground` -> the ipywidgets front end that calls
   :func:`run_and_plot` whenever a control changes. Building them needs no frontend.
 """
@@ -17,19 +17,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
-import torch
 
-from .data import load_dataset
-from .feedback import FEEDBACK_KINDS, init_feedback
-from .learner import learning_curve
-from .meta import HIDDEN_PAPER, trial_generators
-from .networks import init_weights
-from .rules import N_TERMS, TERM_NAMES, make_rule
+from .rules import N_TERMS, TERM_NAMES
+from .tutorial import online_learning, theta_vector  # noqa: F401  (theta_vector: part of this module's API)
 
 #: Slider range (min, max) per term. theta_0 (the learning rate) is non-negative; the other
 #: terms are symmetric around 0, wide enough to reach divergence on the digits stream.
@@ -79,19 +73,6 @@ class Preset:
     source: str  # "mean of 4 meta-trained trials in ../results/bio" or "fallback (hand-set, ...)"
 
 
-def theta_vector(values: Mapping[int, float] | Sequence[float]) -> np.ndarray:
-    """A (10,) float array from ``{term: value}`` or a full sequence of 10 numbers."""
-    if isinstance(values, Mapping):
-        th = np.zeros(N_TERMS)
-        for r, v in values.items():
-            th[int(r)] = float(v)
-        return th
-    th = np.asarray(values, dtype=float).reshape(-1)
-    if th.shape != (N_TERMS,):
-        raise ValueError(f"theta needs {N_TERMS} numbers (zeros for unused terms), got {th.shape[0]}")
-    return th
-
-
 def presets(results_dir: str | Path | None = "../results") -> dict[str, Preset]:
     """The playground's presets, by name.
 
@@ -118,75 +99,6 @@ def presets(results_dir: str | Path | None = "../results") -> dict[str, Preset]:
 # ----------------------------------------------------------------------------- computing
 
 
-@lru_cache(maxsize=4)
-def stream_data(
-    dataset: str = "digits", data_root: str | None = None, n_eval: int = 300, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """(x_stream, y_stream, x_eval, y_eval, n_classes) for online learning curves. Cached.
-
-    ``digits`` has one split: a seeded random ``n_eval`` images are held out for testing.
-    Other datasets stream their training split and test on the first ``n_eval`` images of
-    their test split. Raises :class:`labkit.data.DatasetNotFoundError` when files are missing.
-    """
-    if dataset == "digits":
-        ds = load_dataset("digits")
-        perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))
-        ev, tr = perm[:n_eval], perm[n_eval:]
-        return ds.images[tr], ds.labels[tr], ds.images[ev], ds.labels[ev], ds.n_classes
-    train = load_dataset(dataset, data_root, split="train")
-    test = load_dataset(dataset, data_root, split="test")
-    return train.images, train.labels, test.images[:n_eval], test.labels[:n_eval], train.n_classes
-
-
-def online_learning(
-    feedback: str,
-    theta: Sequence[float] | np.ndarray,
-    n_samples: int,
-    trials: int = 3,
-    every: int = 50,
-    dataset: str = "digits",
-    data_root: str | None = None,
-    seed: int = 0,
-    hidden: Sequence[int] = HIDDEN_PAPER,
-) -> dict[str, Any]:
-    """Online learning curve of one rule, ``trials`` independent networks (PAPER.md Fig 1).
-
-    Trial i draws its W (and B) and its order of the stream from ``trial_generators(seed, i)``,
-    so different feedback pathways or rules start from the same W and see the same images.
-    The rule's terms are those with theta_r != 0 (theta_0 alone if all are zero). One pass:
-    ``n_samples`` is capped at the size of the stream.
-
-    Returns numpy arrays ``steps (S,)``, ``accuracy (T, S)``, ``loss (T, S)``,
-    ``alpha (T, S, L-1)`` (see :func:`labkit.learner.learning_curve`) plus ``n_samples``
-    (used), ``trials``, ``dataset``, ``diverged (T,)`` (non-finite final loss).
-    """
-    theta = theta_vector(theta)
-    return dict(_online_learning_cached(feedback, tuple(theta.tolist()), int(n_samples), int(trials), int(every),
-                                        dataset, data_root, int(seed), tuple(int(h) for h in hidden)))
-
-
-@lru_cache(maxsize=32)
-def _online_learning_cached(feedback, theta, n_samples, trials, every, dataset, data_root, seed, hidden):
-    if feedback not in FEEDBACK_KINDS:
-        raise ValueError(f"feedback must be one of {', '.join(FEEDBACK_KINDS)}, got {feedback!r}")
-    x, y, x_eval, y_eval, n_classes = stream_data(dataset, data_root)
-    n = min(n_samples, len(x))
-    sizes = (x.shape[1], *hidden, n_classes)
-    gens = [trial_generators(seed, i) for i in range(trials)]
-    order = torch.stack([torch.randperm(len(x), generator=g[0])[:n] for g in gens])  # (T, n)
-    weight_gens = [g[1] for g in gens]
-    Ws = init_weights(sizes, weight_gens)
-    Bs = init_feedback(feedback, sizes, weight_gens)
-    terms = [r for r in range(N_TERMS) if theta[r] != 0.0] or [0]
-    rule = make_rule(terms, len(sizes) - 1)
-    th = torch.tensor(theta, dtype=torch.float32).expand(trials, -1).contiguous()
-    c = learning_curve(Ws, Bs, feedback, rule, th, x[order], y[order],
-                       x_eval.expand(trials, -1, -1), y_eval.expand(trials, -1), every=every)
-    out = {k: v.numpy() for k, v in c.items()}
-    out.update(n_samples=n, trials=trials, dataset=dataset, diverged=~np.isfinite(out["loss"][:, -1]))
-    return out
-
-
 def _describe_theta(theta: np.ndarray) -> str:
     return ", ".join(rf"$\theta_{{{r}}}$={theta[r]:.2g}" for r in range(N_TERMS) if theta[r] != 0) or "all zero"
 
@@ -203,14 +115,14 @@ def run_and_plot(
     seed: int = 0,
     label: str = "your rule",
 ):
-    """Run :func:`online_learning` for the chosen rule and plot it; returns ``(fig, curves)``.
+    """Run :func:`labkit.tutorial.online_learning` for the chosen rule and plot it; returns ``(fig, curves)``.
 
     Left: test accuracy against training samples (mean over trials, 98% bootstrap band), with
     FA and BP using theta_0 alone at the same theta_0 as references (``references=True``).
     Right: teaching-signal angles alpha_l to backprop, per hidden layer, for the chosen rule.
     ``every`` defaults to n_samples // 20 (at least 10). ``curves`` maps each curve's label to
-    the :func:`online_learning` result. The figure is closed in pyplot (display it yourself),
-    so calling this repeatedly does not pile up figures.
+    the :func:`~labkit.tutorial.online_learning` result. The figure is closed in pyplot
+    (display it yourself), so calling this repeatedly does not pile up figures.
     """
     import matplotlib.pyplot as plt
 

@@ -41,11 +41,11 @@
 # Expensive meta-training runs are not repeated here: the notebook reads the committed result
 # folders in `RESULTS_DIR` (`fa_lr`, `bp_lr`, `dfa_lr`, and `bio` when present). If a folder is
 # missing, or in smoke mode, it runs a *tiny* meta-training afresh so that every cell still
-# works, and says so; tiny runs show the mechanics only, their curves are noise.
+# works, and says so; tiny runs show the mechanics only, their curves are noise. The helpers the
+# notebooks share (`load_or_run`, `online_learning`, `save_figure`) live in `labkit.tutorial`.
 
-# %% Setup: imports, seeds, threads, helpers
+# %% Setup: imports, seeds, threads
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -55,61 +55,18 @@ import seaborn as sns
 import torch
 
 from labkit import plots, results
-from labkit.data import DatasetNotFoundError, load_dataset
+from labkit.data import DatasetNotFoundError, online_stream
 from labkit.feedback import backward, init_feedback
-from labkit.learner import learning_curve
-from labkit.meta import HIDDEN_PAPER, MetaConfig, MetaTrainer, trial_generators
+from labkit.meta import HIDDEN_PAPER, trial_generators
 from labkit.metrics import vector_angle
 from labkit.networks import forward, init_weights
-from labkit.rules import make_rule
 from labkit.stats import bootstrap_ci
+from labkit.tutorial import load_or_run, online_learning, save_figure
 
 torch.manual_seed(0)
 np.random.seed(0)
 torch.set_num_threads(1)  # small mat-vecs: one thread is fastest, and avoids contention on shared CPUs
-TINY = dict(trials=2, episodes=3, K=5, Q=2)  # size of a meta-training run computed afresh
 PATHWAYS = {"BP": "bp", "FA": "fa", "DFA": "dfa"}  # label -> feedback pathway
-
-
-class Run:
-    """One meta-training run folder: its history (DataFrame), final theta, config and origin."""
-
-    def __init__(self, name, folder, source):
-        self.name, self.folder, self.source = name, Path(folder), source
-        self.history = results.read_history(folder)
-        self.theta = results.read_theta(folder)
-        self.config = results.read_config(folder)
-
-    @property
-    def size(self):
-        return f"{self.history['trial'].nunique()} trials x {self.history['episode'].nunique()} episodes"
-
-
-def load_or_run(name, **cfg):
-    """Read RESULTS_DIR/name if it holds a run (and SMOKE is False); else run a tiny one afresh."""
-    folder = Path(RESULTS_DIR) / name
-    if not SMOKE and (folder / "history.csv").is_file():
-        run = Run(name, folder, "results")
-        print(f"{name:7s}: loaded committed results from {folder} ({run.size}, {run.config['dataset']})")
-        return run
-    why = "SMOKE mode" if SMOKE else f"no results at {folder}"
-    out = Path(tempfile.mkdtemp(prefix=f"labkit_{name}_"))
-    config = MetaConfig(**{**TINY, **cfg})
-    t0 = time.perf_counter()
-    MetaTrainer(config, out=out).run(progress=False)
-    run = Run(name, out, "tiny")
-    print(f"{name:7s}: {why} -> ran a TINY meta-training afresh ({run.size}, K={config.K}, "
-          f"Q={config.Q}) in {time.perf_counter() - t0:.1f} s; its curves are not meaningful")
-    return run
-
-
-def save(fig, filename):
-    """Save a figure into FIG_DIR under a fixed name."""
-    path = Path(FIG_DIR) / filename
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    print("saved", path)
-
 
 # %% tags=["parameters"]
 SMOKE = False  # True: tiny runs only (for tests); False: full online runs, read RESULTS_DIR when present
@@ -202,27 +159,20 @@ for label in ("FA", "DFA"):
 # $W$ and sees the same stream.
 
 # %%
-def load_stream(name, n_eval):
-    """(x_stream, y_stream, x_eval, y_eval, n_classes, dataset name actually used)."""
-    if name != "digits":
-        root = DATA_ROOT or os.environ.get("LABKIT_DATA") or "../data"
-        try:
-            train = load_dataset(name, root, split="train")
-            test = load_dataset(name, root, split="test")
-            return train.images, train.labels, test.images[:n_eval], test.labels[:n_eval], train.n_classes, name
-        except DatasetNotFoundError as err:
-            print(f"{name} not found, using the bundled digits instead.\n  ({err})\n"
-                  f"  To get it, run from the repository root (needs internet):\n"
-                  f"    python -c \"from labkit.data import load_dataset as f; f('{name}', 'data', download=True); "
-                  f"f('{name}', 'data', split='test', download=True)\"\n"
-                  "  or point DATA_ROOT / $LABKIT_DATA at a folder that already holds MNIST/raw/.")
-    ds = load_dataset("digits")  # one split: hold out at most 300 of its 1797 images for testing
-    perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))
-    ev, tr = perm[:min(n_eval, 300)], perm[min(n_eval, 300):]
-    return ds.images[tr], ds.labels[tr], ds.images[ev], ds.labels[ev], ds.n_classes, "digits"
-
-
-x_stream, y_stream, x_eval, y_eval, n_classes, used = load_stream(DATASET, N_EVAL)
+root = DATA_ROOT or os.environ.get("LABKIT_DATA") or "../data"
+used = DATASET
+if used != "digits":
+    try:
+        online_stream(used, root, N_EVAL)  # cached: the call below reuses it
+    except DatasetNotFoundError as err:
+        print(f"{used} not found, using the bundled digits instead.\n  ({err})\n"
+              f"  To get it, run from the repository root (needs internet):\n"
+              f"    python -c \"from labkit.data import load_dataset as f; f('{used}', 'data', download=True); "
+              f"f('{used}', 'data', split='test', download=True)\"\n"
+              "  or point DATA_ROOT / $LABKIT_DATA at a folder that already holds MNIST/raw/.")
+        used = "digits"
+n_eval = min(N_EVAL, 300) if used == "digits" else N_EVAL  # digits has one split: hold out at most 300 of 1797
+x_stream, y_stream, x_eval, y_eval, n_classes = online_stream(used, root, n_eval)
 n = min(N_SAMPLES, len(x_stream))
 sizes = (784, *HIDDEN_PAPER, n_classes)
 L = len(sizes) - 1
@@ -230,16 +180,11 @@ print(f"{used}: stream of {n} of {len(x_stream)} training images, {len(x_eval)} 
       f"network {'-'.join(map(str, sizes))}")
 
 
-def online(feedback, theta, rule="fa"):
-    """Learning curves of TRIALS fresh networks trained online with one rule (see learner.learning_curve)."""
-    gens = [trial_generators(0, i) for i in range(TRIALS)]  # (stream order, weights) per trial
-    order = torch.stack([torch.randperm(len(x_stream), generator=g[0])[:n] for g in gens])
-    Ws = init_weights(sizes, [g[1] for g in gens])
-    Bs = init_feedback(feedback, sizes, [g[1] for g in gens])
-    th = torch.as_tensor(np.asarray(theta), dtype=torch.float32).expand(TRIALS, -1).contiguous()
-    c = learning_curve(Ws, Bs, feedback, make_rule(rule, L), th, x_stream[order], y_stream[order],
-                       x_eval.expand(TRIALS, -1, -1), y_eval.expand(TRIALS, -1), every=EVERY)
-    return {k: v.numpy() for k, v in c.items()}
+def online(feedback, theta):
+    """Learning curves of TRIALS fresh networks of `sizes` trained online on the stream above, with the
+    rule made of the terms r where theta_r != 0 (see labkit.tutorial.online_learning)."""
+    return online_learning(feedback, theta, n, trials=TRIALS, every=EVERY, dataset=used, data_root=root,
+                           hidden=sizes[1:-1], n_eval=n_eval)
 
 
 lr_only = np.zeros(10)
@@ -266,7 +211,7 @@ if not SMOKE and (bio_folder / "theta.json").is_file():
         theta_bio[int(key.split("_")[1])] = value
     print(f"bio rule from {bio_folder} (mean of {bio['n_trials_used']} trials): "
           + ", ".join(f"{k}={v:.3g}" for k, v in bio["mean"].items()))
-    curves["FA + bio rule"] = online("fa", theta_bio, rule=bio["terms"])
+    curves["FA + bio rule"] = online("fa", theta_bio)
     print(f"FA + bio rule: final test accuracy {curves['FA + bio rule']['accuracy'][:, -1].mean():.2f}")
 else:
     print(f"no meta-learned bio rule at {bio_folder}" + (" (SMOKE mode)" if SMOKE else "")
@@ -279,7 +224,7 @@ ax.set_ylim(0, 1)
 ax.set_title(f"Online learning on {used}, batch size 1, one pass ({TRIALS} trials, mean and 98% band),\n"
              rf"learning rate $\theta_0$ = {LR}; test on {len(x_eval)} held-out images every {EVERY} samples",
              fontsize="medium")
-save(fig, "01_online_learning.png")
+save_figure(fig, FIG_DIR, "01_online_learning.png")
 plt.show()
 
 # %% [markdown]
@@ -323,7 +268,7 @@ for l, ax in enumerate(axes):
     ax.set_title(rf"layer {l + 1}: $\alpha_{{{l + 1}}}$", fontsize="medium")
 fig.suptitle(f"Teaching-signal angle to backprop during online learning on {used} "
              f"({TRIALS} trials, {n} samples; BP: 0 by construction)", fontsize="medium")
-save(fig, "01_alignment_online.png")
+save_figure(fig, FIG_DIR, "01_alignment_online.png")
 plt.show()
 for k in shown:
     print(f"{k:14s} alpha after {n} samples: "
@@ -362,9 +307,9 @@ for k in shown:
 
 # %%
 meta = {
-    "FA": load_or_run("fa_lr", rule="fa"),
-    "BP": load_or_run("bp_lr", rule="bp"),
-    "DFA": load_or_run("dfa_lr", rule="dfa"),
+    "FA": load_or_run("fa_lr", RESULTS_DIR, SMOKE, rule="fa"),
+    "BP": load_or_run("bp_lr", RESULTS_DIR, SMOKE, rule="bp"),
+    "DFA": load_or_run("dfa_lr", RESULTS_DIR, SMOKE, rule="dfa"),
 }
 for label, run in meta.items():
     eps, acc, _ = results.pivot_trials(run.history, "meta_accuracy")
@@ -395,7 +340,7 @@ plots.plot_alignment({k: histories[k] for k in ("FA", "DFA")}, ax=axes[2])
 axes[2].set_title(r"alignment angles $\alpha_\ell$ (BP: 0 by construction)", fontsize="medium")
 fig.suptitle(f"Meta-learning the learning rate only, {origin}: {size}\n"
              "mean over trials, 98% bootstrap band, curves smoothed over 10 episodes", fontsize="medium")
-save(fig, "01_fig3_lr_only.png")
+save_figure(fig, FIG_DIR, "01_fig3_lr_only.png")
 plt.show()
 
 # %% [markdown]
@@ -417,7 +362,7 @@ plt.show()
 #   from a pool of ten plasticity terms.
 #
 # ### Exercises
-# 1. Re-run `load_or_run("fa_lr_long", rule="fa", episodes=50, trials=2)` (a minute or so)
+# 1. Re-run `load_or_run("fa_lr_long", RESULTS_DIR, SMOKE, rule="fa", episodes=50, trials=2)` (a minute or so)
 #    and compare with the tiny run. Does $\theta_0$ settle?
 # 2. Start $\theta_0$ from 0.01 instead of 0.001 (`theta0=0.01`). Does it converge to the same value?
 

@@ -37,12 +37,11 @@
 # in `RESULTS_DIR` (`pool`, `fa_lr`, `bp_lr`, `bio`). If a folder is missing, or in smoke mode,
 # it runs a *tiny* meta-training instead (a few episodes, a few images per class) so that every
 # cell still works; the printout says which happened. Tiny runs demonstrate the mechanics only:
-# their curves are noise.
+# their curves are noise. The helpers the notebooks share (`load_or_run`, `save_figure`) live in
+# `labkit.tutorial`.
 
 # %% Setup: imports, seeds, threads, helpers
-import tempfile
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -53,53 +52,13 @@ from labkit import plots, results, rules
 from labkit.learner import episode_loss, meta_gradient
 from labkit.meta import MetaConfig, MetaTrainer
 from labkit.stats import bootstrap_ci
+from labkit.tutorial import load_or_run, save_figure
 
 torch.manual_seed(0)
 np.random.seed(0)
 torch.set_num_threads(1)  # tiny tensors: one thread is fastest, and avoids contention on shared CPUs
 pd.set_option("display.precision", 4)
 WINDOW = 10  # episodes of moving-average smoothing, as in the paper's figures
-TINY = dict(trials=2, episodes=3, K=5, Q=2)  # size of a run computed afresh
-
-
-class Run:
-    """One meta-training run: its history (DataFrame), final theta, config and origin."""
-
-    def __init__(self, name, folder, source):
-        self.name, self.folder, self.source = name, Path(folder), source
-        self.history = results.read_history(folder)
-        self.theta = results.read_theta(folder)
-        self.config = results.read_config(folder)
-
-    @property
-    def size(self):
-        return f"{self.history['trial'].nunique()} trials x {self.history['episode'].nunique()} episodes"
-
-
-def load_or_run(name, **cfg):
-    """Read RESULTS_DIR/name if it holds a run (and SMOKE is False); else run a tiny one."""
-    folder = Path(RESULTS_DIR) / name
-    if not SMOKE and (folder / "history.csv").is_file():
-        run = Run(name, folder, "results")
-        print(f"{name:7s}: loaded committed results from {folder} ({run.size}, {run.config['dataset']})")
-        return run
-    why = "SMOKE mode" if SMOKE else f"no results at {folder}"
-    out = Path(tempfile.mkdtemp(prefix=f"labkit_{name}_"))
-    config = MetaConfig(**{**TINY, **cfg})
-    t0 = time.perf_counter()
-    MetaTrainer(config, out=out).run(progress=False)
-    run = Run(name, out, "tiny")
-    print(f"{name:7s}: {why} -> ran a TINY meta-training afresh ({run.size}, K={config.K}, "
-          f"Q={config.Q}) in {time.perf_counter() - t0:.1f} s; its curves are not meaningful")
-    return run
-
-
-def save(fig, filename):
-    """Save a figure into FIG_DIR under a fixed name."""
-    path = Path(FIG_DIR) / filename
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    print("saved", path)
 
 
 def final_accuracy(run, last=10):
@@ -304,9 +263,9 @@ pd.DataFrame({"autograd": [mg.grad[0, r].item() for r in fd], "finite difference
 # the settings printed by the next cell; see `config.json` in each).
 
 # %%
-pool = load_or_run("pool", rule="pool")
-fa = load_or_run("fa_lr", rule="fa")
-bp = load_or_run("bp_lr", rule="bp")
+pool = load_or_run("pool", RESULTS_DIR, SMOKE, rule="pool")
+fa = load_or_run("fa_lr", RESULTS_DIR, SMOKE, rule="fa")
+bp = load_or_run("bp_lr", RESULTS_DIR, SMOKE, rule="bp")
 labels = {"F^pool + L1": pool, "FA, learning rate only": fa, "BP, learning rate only": bp}
 runs = {name: run.history for name, run in labels.items()}
 print(f"lambda of the pool run: {pool.config['lam']:g}; dataset: {pool.config['dataset']}; "
@@ -319,7 +278,7 @@ for column, title, fname in (("meta_accuracy", "Meta-accuracy", "02_fig4_meta_ac
     plots.plot_meta_curves(runs, column, ax=ax, window=WINDOW)
     ax.set_title(f"{title} (Fig. 4)\n" + "; ".join(f"{k}: {r.size}" for k, r in labels.items()),
                  fontsize="small")
-    save(fig, fname)
+    save_figure(fig, FIG_DIR, fname)
 
 # %% [markdown]
 # Fig. 4 of the paper: the pool starts at FA's level (at episode 1 it *is* FA: only
@@ -332,7 +291,7 @@ for column, title, fname in (("meta_accuracy", "Meta-accuracy", "02_fig4_meta_ac
 fig, ax = plt.subplots(figsize=(7.5, 4.6))
 plots.plot_theta_trajectories(pool.history, ax=ax)  # unsmoothed
 ax.set_title(rf"$\theta_r$ of F^pool + L1 ($\lambda$ = {pool.config['lam']:g}): {pool.size}", fontsize="small")
-save(fig, "02_fig4_theta.png")
+save_figure(fig, FIG_DIR, "02_fig4_theta.png")
 
 
 # %%
@@ -377,7 +336,7 @@ for l, ax in enumerate(axes[0], start=1):
     plots.plot_alignment({"F^pool": pool.history, "FA": fa.history}, ax=ax, layers=[l], window=WINDOW)
     ax.set_title(rf"layer {l}: $\alpha_{l}$", fontsize="small")
 fig.suptitle(f"Alignment with backprop's teaching signals: F^pool {pool.size}; FA {fa.size}", fontsize="small")
-save(fig, "02_fig4_alignment.png")
+save_figure(fig, FIG_DIR, "02_fig4_alignment.png")
 
 # %% [markdown]
 # **Think!**
@@ -411,7 +370,7 @@ save(fig, "02_fig4_alignment.png")
 # Supp. Fig. S2).
 
 # %%
-bio = load_or_run("bio", rule="bio")
+bio = load_or_run("bio", RESULTS_DIR, SMOKE, rule="bio")
 compare = {"F^pool + L1": pool, "F^bio": bio, "FA, learning rate only": fa, "BP, learning rate only": bp}
 fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.4), layout="constrained")
 plots.plot_meta_curves({k: r.history for k, r in compare.items()}, "meta_accuracy", ax=axes[0], window=WINDOW)
@@ -419,7 +378,7 @@ axes[0].set_title("Meta-accuracy: F^bio vs F^pool\n" + "; ".join(f"{k}: {r.size}
                   fontsize="x-small")
 plots.plot_theta_trajectories(bio.history, ax=axes[1])
 axes[1].set_title(rf"$\theta_r$ of F^bio: {bio.size}", fontsize="small")
-save(fig, "02_bio_vs_pool.png")
+save_figure(fig, FIG_DIR, "02_bio_vs_pool.png")
 
 # %%
 summary = pd.DataFrame(

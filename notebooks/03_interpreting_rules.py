@@ -40,12 +40,11 @@
 # `RESULTS_DIR` (`ehebb`, `bio`, `oja`, `fa_lr`) when present; in smoke mode or when a folder is
 # missing, a *tiny* run is computed afresh (the printout says which). The other experiments
 # (Table 1, information flow, the linear check) are computed live, at a small size in smoke mode.
+# The helpers the notebooks share (`load_or_run`, `save_figure`) live in `labkit.tutorial`.
 
 # %% Setup: imports, seeds, threads, helpers
 import itertools
-import tempfile
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -56,60 +55,17 @@ from labkit import plots, results
 from labkit.data import EpisodeSampler, load_dataset, stack_episodes
 from labkit.feedback import backward, init_feedback
 from labkit.learner import online_train
-from labkit.meta import MetaConfig, MetaTrainer, trial_generators
+from labkit.meta import MetaConfig, MetaTrainer, trial_generators  # MetaConfig, MetaTrainer: for the exercises
 from labkit.metrics import alignment_angles, query_loss_and_accuracy, weight_angles
 from labkit.networks import forward, init_weights
 from labkit.rules import N_TERMS, make_rule
+from labkit.tutorial import load_or_run, save_figure
 
 torch.manual_seed(0)
 np.random.seed(0)
 torch.set_num_threads(1)  # tiny tensors: one thread is fastest, and avoids contention on shared CPUs
 pd.set_option("display.precision", 3)
 WINDOW = 10  # episodes of moving-average smoothing, as in the paper's figures
-TINY = dict(trials=2, episodes=3, K=5, Q=2)  # size of a meta-training run computed afresh
-
-
-class Run:
-    """One meta-training run: its history (DataFrame), final theta, config and origin."""
-
-    def __init__(self, name, folder, source):
-        self.name, self.folder, self.source = name, Path(folder), source
-        self.history = results.read_history(folder)
-        self.theta = results.read_theta(folder)
-        self.config = results.read_config(folder)
-
-    @property
-    def size(self):
-        return f"{self.history['trial'].nunique()} trials x {self.history['episode'].nunique()} episodes"
-
-    def mean_theta(self, r):
-        return self.theta["mean"][f"theta_{r}"]
-
-
-def load_or_run(name, **cfg):
-    """Read RESULTS_DIR/name if it holds a run (and SMOKE is False); else run a tiny one."""
-    folder = Path(RESULTS_DIR) / name
-    if not SMOKE and (folder / "history.csv").is_file():
-        run = Run(name, folder, "results")
-        print(f"{name:7s}: loaded committed results from {folder} ({run.size}, {run.config['dataset']})")
-        return run
-    why = "SMOKE mode" if SMOKE else f"no results at {folder}"
-    out = Path(tempfile.mkdtemp(prefix=f"labkit_{name}_"))
-    config = MetaConfig(**{**TINY, **cfg})
-    t0 = time.perf_counter()
-    MetaTrainer(config, out=out).run(progress=False)
-    run = Run(name, out, "tiny")
-    print(f"{name:7s}: {why} -> ran a TINY meta-training afresh ({run.size}, K={config.K}, "
-          f"Q={config.Q}) in {time.perf_counter() - t0:.1f} s; its curves are not meaningful")
-    return run
-
-
-def save(fig, filename):
-    """Save a figure into FIG_DIR under a fixed name."""
-    path = Path(FIG_DIR) / filename
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    print("saved", path)
 
 
 def last_episodes(run, column, last=10):
@@ -131,7 +87,7 @@ def per_layer_figure(runs, plot, layers, title, filename):
         plot(runs, ax=ax, layers=[l], window=WINDOW)
         ax.set_title(f"layer {l}", fontsize="small")
     fig.suptitle(title, fontsize="small")
-    save(fig, filename)
+    save_figure(fig, FIG_DIR, filename)
 
 
 def fresh_tasks(hidden, tasks, K, seed=1000, Q=10, M=5):
@@ -178,15 +134,15 @@ print(f"live experiments: {N_TASKS} tasks, K = {K_LIVE}, dataset {DATASET}; line
 # output error (on the query batch after adaptation; $90^\circ$ = unrelated, $0^\circ$ = backprop).
 
 # %%
-ehebb = load_or_run("ehebb", rule="ehebb")
-fa = load_or_run("fa_lr", rule="fa")
-bio = load_or_run("bio", rule="bio")
+ehebb = load_or_run("ehebb", RESULTS_DIR, SMOKE, rule="ehebb")
+fa = load_or_run("fa_lr", RESULTS_DIR, SMOKE, rule="fa")
+bio = load_or_run("bio", RESULTS_DIR, SMOKE, rule="bio")
 fig5 = {"F^eHebb": ehebb, "FA": fa, "F^bio": bio}
 
 fig, ax = plt.subplots(figsize=(6.4, 4.2))
 plots.plot_meta_curves({k: r.history for k, r in fig5.items()}, "meta_accuracy", ax=ax, window=WINDOW)
 ax.set_title("Meta-accuracy (Fig. 5)\n" + "; ".join(f"{k}: {r.size}" for k, r in fig5.items()), fontsize="small")
-save(fig, "03_fig5_meta_accuracy.png")
+save_figure(fig, FIG_DIR, "03_fig5_meta_accuracy.png")
 
 L = ehebb.history.filter(like="ortho_").shape[1]
 per_layer_figure({k: r.history for k, r in fig5.items()}, plots.plot_alignment, range(1, L),
@@ -392,7 +348,7 @@ fig.colorbar(im, ax=ax, label="angle (deg)")
 ax.set_title(f"Table 1: angles after one online pass, {'-'.join(map(str, sizes3))}, {N_TASKS} tasks, K = {K_LIVE}\n"
              rf"fixed $\theta_0$ = {THETA_0:.3g}, $\theta_2$ = {THETA_2:.3g} (not meta-learned per configuration)",
              fontsize="small")
-save(fig, "03_table1_angles.png")
+save_figure(fig, FIG_DIR, "03_table1_angles.png")
 
 # %% [markdown]
 # **Think!**
@@ -477,7 +433,7 @@ for ax, column in zip(axes, ["cos(e_l, e_l^BP)", "cos(pseudo-grad, grad)"]):
 fig.suptitle(f"Information about the output error reaching each layer (Fig. 6): {'-'.join(map(str, sizes5))}, "
              f"{N_TASKS} tasks, K = {K_LIVE}, one online pass\n"
              rf"fixed $\theta_0$ = {THETA_0:.3g}, $\theta_2$ = {THETA_2:.3g}", fontsize="small")
-save(fig, "03_fig6_information_flow.png")
+save_figure(fig, FIG_DIR, "03_fig6_information_flow.png")
 
 # %% [markdown]
 # At the output layer both measures are 1 by construction. Going down, a random-feedback
@@ -508,13 +464,13 @@ save(fig, "03_fig6_information_flow.png")
 # $$E_l = \lVert z_l - W_l W_l^\top \sigma(z_l) \rVert^2 .$$
 
 # %%
-oja = load_or_run("oja", rule="oja")
+oja = load_or_run("oja", RESULTS_DIR, SMOKE, rule="oja")
 fig7 = {"F^Oja": oja, "FA": fa, "F^bio": bio}
 
 fig, ax = plt.subplots(figsize=(6.4, 4.2))
 plots.plot_meta_curves({k: r.history for k, r in fig7.items()}, "meta_accuracy", ax=ax, window=WINDOW)
 ax.set_title("Meta-accuracy (Fig. 7)\n" + "; ".join(f"{k}: {r.size}" for k, r in fig7.items()), fontsize="small")
-save(fig, "03_fig7_meta_accuracy.png")
+save_figure(fig, FIG_DIR, "03_fig7_meta_accuracy.png")
 
 pair = {"F^Oja": oja.history, "FA": fa.history}
 per_layer_figure(pair, plots.plot_alignment, range(1, L),

@@ -40,27 +40,17 @@
 # e.g. under papermill) and save that figure as `04_playground_default.png`.
 
 # %% Setup: imports, seeds, threads
-from pathlib import Path
-
 import numpy as np
 import torch
 from IPython.display import display
 
 from labkit import widgets
 from labkit.rules import TERM_NAMES
+from labkit.tutorial import save_figure
 
 torch.manual_seed(0)
 np.random.seed(0)
 torch.set_num_threads(1)  # small mat-vecs: one thread is fastest, and avoids contention on shared CPUs
-
-
-def save(fig, filename):
-    """Save a figure into FIG_DIR under a fixed name."""
-    path = Path(FIG_DIR) / filename
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    print("saved", path)
-
 
 # %% tags=["parameters"]
 SMOKE = False  # True: short stream, few trials (for tests)
@@ -108,7 +98,7 @@ controls = widgets.build_controls(RESULTS_DIR, preset=PRESET, n_samples=N_SAMPLE
 defaults = controls.values()
 print("defaults:", {k: (np.round(v, 4).tolist() if isinstance(v, np.ndarray) else v) for k, v in defaults.items()})
 fig, curves = widgets.run_and_plot(**defaults, trials=TRIALS, dataset=DATASET)
-save(fig, "04_playground_default.png")
+save_figure(fig, FIG_DIR, "04_playground_default.png")
 display(fig)
 for label, c in curves.items():
     print(f"{label:22s} test accuracy after {c['n_samples']} samples: {c['accuracy'][:, -1].mean():.2f} "

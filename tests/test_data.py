@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from labkit.data import (
     default_data_root,
     load_dataset,
     mnist_ink_scale,
+    online_stream,
     split_classes,
     stack_episodes,
 )
@@ -239,6 +241,39 @@ def test_labkit_data_env_var_sets_default_root(tmp_path, monkeypatch):
     assert default_data_root() == tmp_path
     write_tiny_dataset(tmp_path, "emnist")
     assert len(load_dataset("emnist")) == len(CLASSES_IN_FILES) * PER_CLASS
+
+
+# ---------------------------------------------------------------- online streams
+
+
+def test_online_stream_digits_holds_out_a_seeded_disjoint_test_set(digits):
+    x, y, x_eval, y_eval, n_classes = online_stream("digits", n_eval=300, seed=0)
+    assert x.shape == (1797 - 300, 784) and x_eval.shape == (300, 784) and n_classes == 10
+    assert y.shape == (1497,) and y_eval.shape == (300,) and y.dtype == torch.int64
+    def images(t):
+        return Counter(r.numpy().tobytes() for r in t)
+
+    assert images(x) + images(x_eval) == images(digits.images)  # a partition of the 1797 images
+    again = online_stream("digits", n_eval=300, seed=0)
+    assert torch.equal(again[2], x_eval)
+    other = online_stream("digits", n_eval=300, seed=1)
+    assert not torch.equal(other[2], x_eval)
+
+
+def test_online_stream_streams_the_train_split_and_tests_on_the_first_test_images(tmp_path):
+    data = write_tiny_dataset(tmp_path, "mnist")
+    x, y, x_eval, y_eval, n_classes = online_stream("mnist", tmp_path, n_eval=5)
+    assert n_classes == 10 and x.shape == (len(data["train"][1]), 784) and x_eval.shape == (5, 784)
+    assert torch.equal(y, data["train"][1]) and torch.equal(y_eval, data["test"][1][:5])
+
+
+def test_online_stream_errors(tmp_path):
+    with pytest.raises(DatasetNotFoundError):
+        online_stream("mnist", tmp_path / "empty", n_eval=5)
+    with pytest.raises(ValueError, match="n_eval must be at least 1"):
+        online_stream("digits", n_eval=0)
+    with pytest.raises(ValueError, match="leaves no digits to stream"):
+        online_stream("digits", n_eval=1797)
 
 
 # ---------------------------------------------------------------- episodes

@@ -200,3 +200,24 @@ def test_evaluate_rule_reports_one_accuracy_per_task():
     accs = evaluate_rule("bp", theta, hidden=(16,), M=3, K=5, Q=2, tasks=5)
     assert accs.shape == (5,) and ((0 <= accs) & (accs <= 1)).all()
     assert np.array_equal(accs, evaluate_rule("bp", theta, hidden=(16,), M=3, K=5, Q=2, tasks=5))
+
+
+def test_term_scaling_slows_only_the_terms_larger_than_the_pseudo_gradient():
+    pool = MetaTrainer(tiny(rule="pool", trials=1))
+    c = pool.term_scale
+    assert c[0] == 1 and (c <= 1).all() and (c > 0).all()
+    assert c[3] < 1 and c[5] < 1  # weight decay and the activity-scaled pseudo-gradient are big terms
+    assert MetaTrainer(tiny(rule="fa", trials=1)).term_scale.eq(1).all()  # single-term rules: plain Adam
+    off = MetaTrainer(tiny(rule="pool", trials=1, term_scaling=False))
+    assert off.term_scale.eq(1).all()
+
+
+def test_term_scaling_sets_the_size_of_each_coefficients_first_meta_step():
+    trainer = MetaTrainer(tiny(rule="pool", trials=1, episodes=1, lam=0.0))
+    before = trainer.theta.clone()
+    trainer.run(progress=False)
+    moved = (trainer.theta - before).abs()[0]
+    # Adam's first step has size lr in every coordinate, times the term's scale.
+    expected = trainer.config.meta_lr * trainer.term_scale
+    nonzero = moved > 0
+    torch.testing.assert_close(moved[nonzero], expected[nonzero].to(moved.dtype), rtol=1e-3, atol=1e-9)

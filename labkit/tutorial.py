@@ -1,0 +1,186 @@
+"""What the tutorial notebooks share: result folders, figures and online learning curves.
+
+The notebooks (``notebooks/NN_name.py``) import from here whatever more than one of them
+uses, so that each notebook shows only what it teaches:
+
+* :class:`Run` and :func:`load_or_run` -> one meta-training run, read from a committed
+  results folder (as ``labkit discover`` writes it) or, when that is missing or in smoke
+  mode, a *tiny* run computed afresh so that every cell still works (notebooks 01-03);
+* :func:`save_figure` -> write a figure under a fixed name into the figures folder
+  (notebooks 01-04);
+* :func:`online_learning` -> the online learning curve of one rule, PAPER.md Fig 1
+  (notebook 01, and the playground of notebook 04 through :mod:`labkit.widgets`).
+
+Layering: this module sits on top of the library, like the command line (:mod:`labkit.cli`):
+it imports :mod:`labkit.meta`, :mod:`labkit.results`, :mod:`labkit.data` and
+:mod:`labkit.learner`, and only the notebook-facing :mod:`labkit.widgets` imports it.
+Nothing below (data, learner, meta, results, plots, ...) may import it.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import results
+from .data import online_stream
+from .feedback import FEEDBACK_KINDS, init_feedback
+from .learner import learning_curve
+from .meta import HIDDEN_PAPER, MetaConfig, MetaTrainer, trial_generators
+from .networks import init_weights
+from .rules import N_TERMS, make_rule
+
+#: Size of a meta-training run computed afresh by :func:`load_or_run` (a few seconds on a CPU):
+#: it shows the mechanics only, its curves are noise.
+TINY: dict[str, int] = dict(trials=2, episodes=3, K=5, Q=2)
+
+
+class Run:
+    """One meta-training run folder: its history, final theta, config and origin.
+
+    Attributes:
+        name: the run's name (its folder name under the results directory).
+        folder: the folder read.
+        source: ``"results"`` (a committed results folder) or ``"tiny"`` (computed afresh).
+        history: ``history.csv`` as a DataFrame (:func:`labkit.results.read_history`).
+        theta: ``theta.json`` (:func:`labkit.results.read_theta`): ``terms``, ``mean``, ...
+        config: ``config.json`` (:func:`labkit.results.read_config`).
+    """
+
+    def __init__(self, name: str, folder: str | Path, source: str):
+        self.name, self.folder, self.source = name, Path(folder), source
+        self.history: pd.DataFrame = results.read_history(self.folder)
+        self.theta: dict[str, Any] = results.read_theta(self.folder)
+        self.config: dict[str, Any] = results.read_config(self.folder)
+
+    @property
+    def size(self) -> str:
+        """``"<trials> trials x <episodes> episodes"``, as found in the history."""
+        return f"{self.history['trial'].nunique()} trials x {self.history['episode'].nunique()} episodes"
+
+    def mean_theta(self, r: int) -> float:
+        """Mean final theta_r over the run's non-diverged trials (KeyError if r is not a term of its rule)."""
+        return self.theta["mean"][f"theta_{r}"]
+
+    def __repr__(self) -> str:
+        return f"Run({self.name!r}, {str(self.folder)!r}, source={self.source!r}, {self.size})"
+
+
+def load_or_run(
+    name: str, results_dir: str | Path, smoke: bool, tiny: dict[str, Any] | None = None, **cfg: Any
+) -> Run:
+    """Read the run ``results_dir/name``, or run a tiny meta-training afresh.
+
+    The folder is read when it holds a finished run (``history.csv`` and ``theta.json``)
+    and ``smoke`` is False. Otherwise a :class:`~labkit.meta.MetaTrainer` with
+    ``MetaConfig(**{**tiny, **cfg})`` runs into a new temporary folder; ``tiny`` defaults
+    to :data:`TINY`, and ``cfg`` (e.g. ``rule="fa"``, ``episodes=50``) overrides it. One
+    line printed says which happened and why.
+
+    Returns the :class:`Run`, with ``source`` ``"results"`` or ``"tiny"``.
+    """
+    folder = Path(results_dir) / name
+    if not smoke and (folder / "history.csv").is_file() and (folder / results.THETA_FILE).is_file():
+        run = Run(name, folder, "results")
+        print(f"{name:7s}: loaded committed results from {folder} ({run.size}, {run.config['dataset']})")
+        return run
+    if smoke:
+        why = "SMOKE mode"
+    elif (folder / "history.csv").is_file():
+        why = f"unfinished run at {folder} (no {results.THETA_FILE} yet)"
+    else:
+        why = f"no results at {folder}"
+    out = Path(tempfile.mkdtemp(prefix=f"labkit_{name}_"))
+    config = MetaConfig(**{**(TINY if tiny is None else tiny), **cfg})
+    t0 = time.perf_counter()
+    MetaTrainer(config, out=out).run(progress=False)
+    run = Run(name, out, "tiny")
+    print(f"{name:7s}: {why} -> ran a TINY meta-training afresh ({run.size}, K={config.K}, "
+          f"Q={config.Q}) in {time.perf_counter() - t0:.1f} s; its curves are not meaningful")
+    return run
+
+
+def save_figure(fig: Any, fig_dir: str | Path, filename: str) -> Path:
+    """Save a matplotlib figure as ``fig_dir/filename`` (110 dpi, tight box), creating the
+    folder if needed; prints and returns the path."""
+    path = Path(fig_dir) / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    print("saved", path)
+    return path
+
+
+def theta_vector(values: Mapping[int, float] | Sequence[float] | np.ndarray) -> np.ndarray:
+    """A (10,) float array from ``{term: value}`` or a full sequence of 10 numbers."""
+    if isinstance(values, Mapping):
+        th = np.zeros(N_TERMS)
+        for r, v in values.items():
+            th[int(r)] = float(v)
+        return th
+    th = np.asarray(values, dtype=float).reshape(-1)
+    if th.shape != (N_TERMS,):
+        raise ValueError(f"theta needs {N_TERMS} numbers (zeros for unused terms), got {th.shape[0]}")
+    return th
+
+
+def online_learning(
+    feedback: str,
+    theta: Mapping[int, float] | Sequence[float] | np.ndarray,
+    n_samples: int,
+    trials: int = 3,
+    every: int = 50,
+    dataset: str = "digits",
+    data_root: str | None = None,
+    seed: int = 0,
+    hidden: Sequence[int] = HIDDEN_PAPER,
+    n_eval: int = 300,
+) -> dict[str, Any]:
+    """Online learning curve of one rule, ``trials`` independent networks (PAPER.md Fig 1).
+
+    The data come from :func:`labkit.data.online_stream` ``(dataset, data_root, n_eval)``.
+    Trial i draws its W (and B) and its order of the stream from ``trial_generators(seed, i)``,
+    so different feedback pathways or rules start from the same W and see the same images.
+    The rule's terms are those with theta_r != 0 (theta_0 alone if all are zero). One pass:
+    ``n_samples`` is capped at the size of the stream. Results are cached (up to 32 calls).
+
+    Returns numpy arrays ``steps (S,)``, ``accuracy (T, S)``, ``loss (T, S)``,
+    ``alpha (T, S, L-1)`` (see :func:`labkit.learner.learning_curve`) plus ``n_samples``
+    (used), ``trials``, ``dataset``, ``diverged (T,)`` (non-finite final loss).
+
+    Raises:
+        ValueError: unknown feedback pathway, or theta of the wrong length.
+        labkit.data.DatasetNotFoundError: the dataset's files are missing.
+    """
+    theta = theta_vector(theta)
+    return dict(_online_learning_cached(
+        feedback, tuple(theta.tolist()), int(n_samples), int(trials), int(every), dataset,
+        None if data_root is None else str(data_root), int(seed), tuple(int(h) for h in hidden), int(n_eval),
+    ))
+
+
+@lru_cache(maxsize=32)
+def _online_learning_cached(feedback, theta, n_samples, trials, every, dataset, data_root, seed, hidden, n_eval):
+    if feedback not in FEEDBACK_KINDS:
+        raise ValueError(f"feedback must be one of {', '.join(FEEDBACK_KINDS)}, got {feedback!r}")
+    x, y, x_eval, y_eval, n_classes = online_stream(dataset, data_root, n_eval)
+    n = min(n_samples, len(x))
+    sizes = (x.shape[1], *hidden, n_classes)
+    gens = [trial_generators(seed, i) for i in range(trials)]
+    order = torch.stack([torch.randperm(len(x), generator=g[0])[:n] for g in gens])  # (T, n)
+    weight_gens = [g[1] for g in gens]
+    Ws = init_weights(sizes, weight_gens)
+    Bs = init_feedback(feedback, sizes, weight_gens)
+    terms = [r for r in range(N_TERMS) if theta[r] != 0.0] or [0]
+    rule = make_rule(terms, len(sizes) - 1)
+    th = torch.tensor(theta, dtype=torch.float32).expand(trials, -1).contiguous()
+    c = learning_curve(Ws, Bs, feedback, rule, th, x[order], y[order],
+                       x_eval.expand(trials, -1, -1), y_eval.expand(trials, -1), every=every)
+    out = {k: v.numpy() for k, v in c.items()}
+    out.update(n_samples=n, trials=trials, dataset=dataset, diverged=~np.isfinite(out["loss"][:, -1]))
+    return out
