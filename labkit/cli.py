@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 DEFAULT_TRIALS = 4
-DEFAULT_EPISODES = 600
+DEFAULT_EPISODES = 200
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--feedback", default=None, choices=FEEDBACK_KINDS, help="feedback pathway (default: from the rule, else fa)")
     d.add_argument("--episodes", type=int, default=DEFAULT_EPISODES, help="meta-training episodes")
     d.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help="independent trials, run batched")
-    d.add_argument("--lam", "--lambda", dest="lam", type=float, default=None, help="L1 strength (default: 5e-4 for pool, else 0)")
+    d.add_argument("--lam", "--lambda", dest="lam", type=float, default=None, help="L1 strength (default: 1e-3 for pool, else 0)")
     d.add_argument("--meta-lr", type=float, default=1e-3, help="Adam learning rate on theta")
     d.add_argument("--seed", type=int, default=0, help="one seed fixes everything")
     d.add_argument("--out", default=None, help="results folder (default: runs/<rule>_<feedback>_<dataset>_s<seed>)")
@@ -97,7 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--grad-mode", default="reverse", choices=("reverse", "forward"),
                    help="meta-gradient: reverse (autograd) or forward (jvp; memory flat in K)")
     d.add_argument("--clip", type=_clip, default=10.0, help="clip meta-gradients above this many times the recent median norm ('off' to disable)")
-    d.add_argument("--warmup", type=int, default=0, help="episodes of linear meta learning-rate warm-up")
+    d.add_argument("--explosive", default="skip", choices=("skip", "clip"),
+                   help="a meta-gradient above --clip x the recent median: skip the step, or clip it")
+    d.add_argument("--warmup", type=int, default=None,
+                   help="episodes of linear meta learning-rate warm-up (default: 20 for rules with several terms, else 0)")
     d.add_argument("--no-skip-nonfinite", dest="skip_nonfinite", action="store_false",
                    help="stop a trial at its first non-finite meta-gradient instead of skipping the step")
     d.add_argument("--no-term-scaling", dest="term_scaling", action="store_false",
@@ -144,7 +147,7 @@ def cmd_discover(a: argparse.Namespace) -> int:
         dataset=a.dataset, data_root=a.data_root, download=a.download, input_scale=a.input_scale,
         rule=rule, feedback=a.feedback, hidden=a.hidden, M=a.M, K=a.K, Q=a.Q,
         remap_labels=a.remap_labels, test_classes=a.test_classes, episodes=a.episodes, trials=a.trials,
-        lam=a.lam, meta_lr=a.meta_lr, seed=a.seed, grad_mode=a.grad_mode, clip=a.clip, warmup=a.warmup,
+        lam=a.lam, meta_lr=a.meta_lr, seed=a.seed, grad_mode=a.grad_mode, clip=a.clip, explosive=a.explosive, warmup=a.warmup,
         skip_nonfinite=a.skip_nonfinite, term_scaling=a.term_scaling, patience=a.patience, checkpoint_every=a.checkpoint_every,
         dtype=a.dtype, threads=a.threads,
     )

@@ -11,12 +11,19 @@ Stability guards (all switchable, every action counted in ``history.csv``'s ``gu
 * ``skip-nonfinite``: a trial whose loss or meta-gradient is NaN/inf takes no step at all
   (theta and Adam's moments untouched, so one bad episode cannot poison the moments);
   after ``patience`` consecutive bad episodes the trial is declared diverged and stopped.
-* ``clip``: a meta-gradient whose norm exceeds ``clip`` times the median norm of the
-  trial's last 20 accepted gradients is rescaled to that bound (adaptive clipping: one
-  exploding gradient otherwise inflates Adam's second moment and freezes theta for
-  hundreds of episodes).
-* warm-up: the meta learning rate rises linearly over the first ``warmup`` episodes, so
-  Adam's first, sign-sized steps do not throw theta into the chaotic regime at once.
+* ``skip-explosive`` / ``clip``: a meta-gradient whose norm exceeds ``clip`` times the median
+  norm of the trial's last 20 accepted gradients comes from an inner loop that blew up on
+  that task (a huge but finite query loss). Such a gradient is not merely large: its
+  direction teaches the meta-learner to silence the network (uniform outputs are the only
+  safe answer to an explosion), and one of them inflates Adam's second moment and freezes
+  theta for hundreds of episodes. By default (``explosive="skip"``) the step is skipped;
+  after ``patience`` skips in a row the gradient is clipped to the bound instead, so a
+  trial is never frozen. ``explosive="clip"`` always clips (adaptive clipping).
+* warm-up: the meta learning rate rises linearly over the first ``warmup`` episodes (default
+  20 for rules with several terms). Adam's first steps are sign-sized whatever the quality of
+  the gradient (its second-moment estimate rests on a handful of samples), so without
+  warm-up every coefficient of the pool moves by ~lr at once before the meta-gradient has
+  any consensus; in our runs that threw most F^pool trials into a dead regime.
 * term scaling: Adam moves every coordinate by about the learning rate per step, but the
   pool's terms are not in the same units: on digits, at the start of training, ||F^5|| is
   ~9x ||F^0||, the decay term F^3 ~7x, Oja's F^9 ~3x. A first step of 1e-3 on every theta_r
@@ -55,7 +62,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 HIDDEN_PAPER: tuple[int, ...] = (170, 130, 100, 70)
 # Default L1 strength per rule: lambda = 0 for the fixed-term rules (the paper's baselines),
 # and for the pool the value found in README ("Finding lambda").
-DEFAULT_LAMBDA: dict[str, float] = {"pool": 5e-4}
+DEFAULT_LAMBDA: dict[str, float] = {"pool": 1e-3}
 
 
 class DivergenceError(RuntimeError):
@@ -90,7 +97,8 @@ class MetaConfig:
     seed: int = 0
     grad_mode: str = "reverse"
     clip: float | None = 10.0
-    warmup: int = 0
+    explosive: str = "skip"  # what to do with a meta-gradient above clip x recent median: "skip" or "clip"
+    warmup: int | None = None  # None -> 20 episodes for rules with several terms, 0 for one term
     skip_nonfinite: bool = True
     patience: int = 10
     term_scaling: bool = True
@@ -108,6 +116,8 @@ class MetaConfig:
             raise ValueError(f"feedback must be one of {', '.join(FEEDBACK_KINDS)}, got {c.feedback!r}")
         if c.lam is None:
             c.lam = DEFAULT_LAMBDA.get(rule_key, 0.0)
+        if c.warmup is None:
+            c.warmup = 20 if len(make_rule(c.rule, len(c.hidden) + 1).terms) > 1 else 0
         checks = [
             (c.episodes >= 1, f"episodes must be >= 1, got {c.episodes}"),
             (c.trials >= 1, f"trials must be >= 1, got {c.trials}"),
@@ -115,6 +125,7 @@ class MetaConfig:
             (c.meta_lr > 0, f"meta learning rate must be > 0, got {c.meta_lr}"),
             (c.grad_mode in ("reverse", "forward"), f"grad mode must be 'reverse' or 'forward', got {c.grad_mode!r}"),
             (c.clip is None or c.clip > 0, f"clip must be > 0 (or off), got {c.clip}"),
+            (c.explosive in ("skip", "clip"), f"explosive must be 'skip' or 'clip', got {c.explosive!r}"),
             (c.warmup >= 0, f"warmup must be >= 0 episodes, got {c.warmup}"),
             (c.patience >= 1, f"patience must be >= 1, got {c.patience}"),
             (c.checkpoint_every >= 1, f"checkpoint interval must be >= 1, got {c.checkpoint_every}"),
@@ -240,6 +251,7 @@ class MetaTrainer:
         self.weight_gens = [g[1] for g in gens]
         self.stopped = torch.zeros(T, dtype=torch.bool)
         self.bad_streak = torch.zeros(T, dtype=torch.long)
+        self.explosive_streak = [0] * T
         self.norm_history: list[list[float]] = [[] for _ in range(T)]
         self.episode = 0
         self.guarded_steps = 0
@@ -289,6 +301,7 @@ class MetaTrainer:
             "weight_gens": [g.get_state() for g in self.weight_gens],
             "stopped": self.stopped,
             "bad_streak": self.bad_streak,
+            "explosive_streak": self.explosive_streak,
             "norm_history": self.norm_history,
             "guarded_steps": self.guarded_steps,
             "diverged_at": self.diverged_at,
@@ -333,6 +346,7 @@ class MetaTrainer:
             g.set_state(st)
         self.stopped = s["stopped"]
         self.bad_streak = s["bad_streak"]
+        self.explosive_streak = s.get("explosive_streak", self.explosive_streak)
         self.norm_history = s["norm_history"]
         self.guarded_steps = s["guarded_steps"]
         self.diverged_at = s["diverged_at"]
@@ -381,7 +395,7 @@ class MetaTrainer:
                 self.stopped[i] = True
                 self.diverged_at[i] = self.episode
                 notes[j] = "diverged"
-        # guard: adaptive clipping against the trial's recent gradient norms
+        # guard: explosive meta-gradients, judged against the trial's recent gradient norms
         if c.clip is not None:
             norms = grad.norm(dim=-1)
             for j, i in enumerate(live):
@@ -392,10 +406,16 @@ class MetaTrainer:
                 if len(hist) >= 5:
                     bound = c.clip * float(np.median(hist))
                     if n > bound:
+                        self.guarded_steps += 1
+                        if c.explosive == "skip" and self.explosive_streak[i] < c.patience:
+                            take[j] = False
+                            notes[j] = "skip-explosive"
+                            self.explosive_streak[i] += 1
+                            continue
                         grad[j] *= bound / n
                         notes[j] = "clip"
-                        self.guarded_steps += 1
                         n = bound
+                self.explosive_streak[i] = 0
                 hist.append(n)
                 del hist[:-20]
         lr_scale = (min(1.0, self.episode / c.warmup) if c.warmup else 1.0) * self.term_scale

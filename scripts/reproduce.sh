@@ -4,7 +4,7 @@
 #   bash scripts/reproduce.sh            # what the committed files were made with
 #   TRIALS=20 EPISODES=600 bash scripts/reproduce.sh   # the paper's full protocol
 #
-# Two queues run side by side with one thread each (on 2 cores this gives ~1.5x the
+# Three queues run side by side with one thread each (on 2 cores this gives ~1.5x the
 # throughput of one process with two threads). Each run checkpoints; rerunning the script
 # resumes interrupted runs and skips finished ones.
 set -euo pipefail
@@ -29,19 +29,24 @@ run() {  # run NAME ARGS...: one meta-training run into results/NAME, resumed if
 }
 
 queue_a() {
-    run bio --rule bio
-    run oja --rule oja
     run pool --rule pool ${POOL_LAMBDA:+--lam "$POOL_LAMBDA"}
 }
 queue_b() {
+    run bio --rule bio
+    run oja --rule oja
+}
+queue_c() {
     run fa_lr --rule fa
     run bp_lr --rule bp
     run ehebb --rule ehebb
     run dfa_lr --rule dfa
 }
+mkdir -p results
 queue_a > results/queue_a.log 2>&1 &
 queue_b > results/queue_b.log 2>&1 &
+queue_c > results/queue_c.log 2>&1 &
 wait
+[ -n "${RUNS_ONLY:-}" ] && exit 0
 
 # Figures: meta-training curves straight from the result folders, then the notebooks in full mode.
 $LK figures results/fa_lr results/bp_lr results/dfa_lr results/pool results/bio results/ehebb results/oja \

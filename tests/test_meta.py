@@ -221,3 +221,29 @@ def test_term_scaling_sets_the_size_of_each_coefficients_first_meta_step():
     expected = trainer.config.meta_lr * trainer.term_scale
     nonzero = moved > 0
     torch.testing.assert_close(moved[nonzero], expected[nonzero].to(moved.dtype), rtol=1e-3, atol=1e-9)
+
+
+def test_an_explosive_meta_gradient_is_skipped_and_clipping_is_the_fallback(tmp_path, monkeypatch):
+    real = learner.meta_gradient
+    calls = []
+
+    def exploding(theta, ep, mode="reverse"):
+        out = real(theta, ep, mode)
+        calls.append(1)
+        if len(calls) in (7, 9):  # two episodes whose inner loop "blew up"
+            return learner.MetaGradient(out.loss, out.accuracy, out.grad * 1e6, out.Ws)
+        return out
+
+    monkeypatch.setattr("labkit.meta.meta_gradient", exploding)
+    MetaTrainer(tiny(rule="bio", episodes=10, trials=1, patience=1), out=tmp_path).run(progress=False)
+    h = read_history(tmp_path).set_index("episode")
+    assert h.loc[7, "guarded"] == "skip-explosive"
+    theta_cols = [f"theta_{r}" for r in (0, 2, 9)]
+    assert (h.loc[8, theta_cols] == h.loc[7, theta_cols]).all()  # no step was taken after episode 7
+    # with patience 1, the next explosive gradient right after... is not in a row (episode 8 was fine): skipped too
+    assert h.loc[9, "guarded"] == "skip-explosive"
+    clipped = MetaTrainer(tiny(rule="bio", episodes=8, trials=1, explosive="clip"), out=tmp_path / "clip")
+    calls.clear()
+    clipped.run(progress=False)
+    hc = read_history(tmp_path / "clip").set_index("episode")
+    assert hc.loc[7, "guarded"] == "clip" and (hc.loc[8, theta_cols] != hc.loc[7, theta_cols]).any()
