@@ -213,7 +213,7 @@ def test_term_scaling_slows_only_the_terms_larger_than_the_pseudo_gradient():
 
 
 def test_term_scaling_sets_the_size_of_each_coefficients_first_meta_step():
-    trainer = MetaTrainer(tiny(rule="pool", trials=1, episodes=1, lam=0.0))
+    trainer = MetaTrainer(tiny(rule="pool", trials=1, episodes=1, lam=0.0, warmup=0))
     before = trainer.theta.clone()
     trainer.run(progress=False)
     moved = (trainer.theta - before).abs()[0]
