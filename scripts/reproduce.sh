@@ -15,9 +15,10 @@ SEED=${SEED:-0}
 POOL_LAMBDA=${POOL_LAMBDA:-}
 LK=.venv/bin/labkit
 
-run() {  # run NAME ARGS...: one meta-training run into results/NAME, resumed if interrupted
+run() {  # [EPISODES=N] run NAME ARGS...: one meta-training run into results/NAME, resumed if interrupted
     local name=$1; shift
     local out=results/$name
+    local EPISODES=${RUN_EPISODES:-$EPISODES}
     if [ -f "$out/theta.json" ] && [ -f "$out/checkpoint.pt" ] && \
        .venv/bin/python -c "import json,sys; c=json.load(open('$out/config.json')); sys.exit(0 if c['episodes']==$EPISODES and c['trials']==$TRIALS else 1)" 2>/dev/null && \
        [ "$(tail -n1 "$out/history.csv" | cut -d, -f2)" = "$EPISODES" ]; then
@@ -30,6 +31,7 @@ run() {  # run NAME ARGS...: one meta-training run into results/NAME, resumed if
 
 queue_a() {
     run pool --rule pool ${POOL_LAMBDA:+--lam "$POOL_LAMBDA"}
+    RUN_EPISODES=${DFA_EPISODES:-150} run dfa_lr --rule dfa  # learning rate only converges within ~100 episodes
 }
 queue_b() {
     run bio --rule bio
@@ -39,7 +41,6 @@ queue_c() {
     run fa_lr --rule fa
     run bp_lr --rule bp
     run ehebb --rule ehebb
-    run dfa_lr --rule dfa
 }
 mkdir -p results
 queue_a > results/queue_a.log 2>&1 &
@@ -49,8 +50,13 @@ wait
 [ -n "${RUNS_ONLY:-}" ] && exit 0
 
 # Figures: meta-training curves straight from the result folders, then the notebooks in full mode.
-$LK figures results/fa_lr results/bp_lr results/dfa_lr results/pool results/bio results/ehebb results/oja \
-    --labels FA BP DFA pool bio eHebb Oja --out figures --prefix all_
+$LK figures results/fa_lr results/bp_lr results/dfa_lr --labels FA BP DFA --out figures --prefix fig3_
+$LK figures results/fa_lr results/bp_lr results/pool results/bio --labels FA BP pool bio --out figures --prefix fig4_
+$LK figures results/fa_lr results/ehebb results/bio --labels FA eHebb bio --out figures --prefix fig5_
+$LK figures results/fa_lr results/oja --labels FA Oja --out figures --prefix fig7_
+# The committed notebooks stay output-free; executed copies go to a temporary folder.
+executed=$(mktemp -d)
 for nb in notebooks/0[1-4]_*.ipynb; do
-    (cd notebooks && ../.venv/bin/papermill "$(basename "$nb")" "$(basename "$nb")" -k python3 --cwd .)
+    (cd notebooks && ../.venv/bin/papermill "$(basename "$nb")" "$executed/$(basename "$nb")" -k python3 --cwd .)
 done
+echo "figures in figures/; executed notebooks in $executed"
