@@ -296,7 +296,8 @@ def _describe(runs: Mapping[str, pd.DataFrame]) -> str:
     if len(set(sizes.values())) == 1:
         t, e = next(iter(sizes.values()))
         return f"{t} trials, {e} episodes" + (" per run" if len(runs) > 1 else "")
-    return "; ".join(f"{n}: {t} trials, {e} episodes" for n, (t, e) in sizes.items())
+    parts = [f"{n}: {t}x{e}" for n, (t, e) in sizes.items()]
+    return "trials x episodes: " + ", ".join(parts)
 
 
 def _default_labels(folders: Sequence[Path]) -> list[str]:
