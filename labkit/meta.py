@@ -12,7 +12,7 @@ Stability guards (all switchable, every action counted in ``history.csv``'s ``gu
   (theta and Adam's moments untouched, so one bad episode cannot poison the moments);
   after ``patience`` consecutive bad episodes the trial is declared diverged and stopped.
 * ``skip-explosive`` / ``clip``: a meta-gradient whose norm exceeds ``clip`` times the median
-  norm of the trial's last 20 accepted gradients comes from an inner loop that blew up on
+  norm of the trial's last 20 gradients comes from an inner loop that blew up on
   that task (a huge but finite query loss). Such a gradient is not merely large: its
   direction teaches the meta-learner to silence the network (uniform outputs are the only
   safe answer to an explosion), and one of them inflates Adam's second moment and freezes
@@ -138,6 +138,18 @@ class MetaConfig:
         c.hidden = tuple(int(h) for h in c.hidden)
         make_rule(c.rule, len(c.hidden) + 1)  # validates the rule spec
         return c
+
+
+def _git_commit() -> str | None:
+    """The commit of the labkit checkout, when it is a git checkout (for config.json)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def trial_generators(seed: int, trial: int) -> tuple[torch.Generator, torch.Generator]:
@@ -288,6 +300,7 @@ class MetaTrainer:
                 "numpy": np.__version__,
                 "python": sys.version.split()[0],
                 "platform": platform.platform(),
+                "git_commit": _git_commit(),
             },
         )
         return d
@@ -403,21 +416,22 @@ class MetaTrainer:
                     continue
                 hist = self.norm_history[i]
                 n = float(norms[j])
-                if len(hist) >= 5:
-                    bound = c.clip * float(np.median(hist))
-                    if n > bound:
-                        self.guarded_steps += 1
-                        if c.explosive == "skip" and self.explosive_streak[i] < c.patience:
-                            take[j] = False
-                            notes[j] = "skip-explosive"
-                            self.explosive_streak[i] += 1
-                            continue
-                        grad[j] *= bound / n
-                        notes[j] = "clip"
-                        n = bound
-                self.explosive_streak[i] = 0
+                # Every norm enters the history, skipped ones too: the median of the last 20
+                # ignores isolated spikes but follows a lasting change of scale (with accepted
+                # norms only, the bound ratchets down and a trial ends up skipping every step).
+                bound = c.clip * float(np.median(hist)) if len(hist) >= 5 else math.inf
                 hist.append(n)
                 del hist[:-20]
+                if n > bound:
+                    self.guarded_steps += 1
+                    if c.explosive == "skip" and self.explosive_streak[i] < c.patience:
+                        take[j] = False
+                        notes[j] = "skip-explosive"
+                        self.explosive_streak[i] += 1
+                        continue
+                    grad[j] *= bound / n
+                    notes[j] = "clip"
+                self.explosive_streak[i] = 0
         lr_scale = (min(1.0, self.episode / c.warmup) if c.warmup else 1.0) * self.term_scale
         adam_rows = idx
         sub = MaskedAdam((len(live), N_TERMS), c.meta_lr, dtype=self.dtype)
