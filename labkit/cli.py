@@ -164,9 +164,8 @@ def cmd_discover(a: argparse.Namespace) -> int:
     try:
         summary = trainer.run(progress=not a.quiet)
     except KeyboardInterrupt:
-        path = trainer.save_checkpoint()
-        print(f"\ninterrupted after episode {trainer.episode}; checkpoint {path}; continue with the same "
-              f"command plus --resume", file=sys.stderr)
+        print(f"\ninterrupted after episode {trainer.completed_episodes}; checkpoint and theta.json saved in "
+              f"{out}; continue with the same command plus --resume", file=sys.stderr)
         return 130
     except DivergenceError as exc:
         return _fail(str(exc))

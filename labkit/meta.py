@@ -269,6 +269,7 @@ class MetaTrainer:
         self.guarded_steps = 0
         self.diverged_at: dict[int, int] = {}
         self.out = Path(out) if out is not None else None
+        self._consistent: dict | None = None
         self.writer: HistoryWriter | None = None
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -306,30 +307,42 @@ class MetaTrainer:
         return d
 
     def _checkpoint_state(self) -> dict:
+        """A deep copy of everything a resumed run needs (taken between episodes only)."""
         return {
             "episode": self.episode,
-            "theta": self.theta,
-            "adam": self.adam.state_dict(),
+            "theta": self.theta.clone(),
+            "adam": {k: v.clone() for k, v in self.adam.state_dict().items()},
             "task_gens": [g.get_state() for g in self.task_gens],
             "weight_gens": [g.get_state() for g in self.weight_gens],
-            "stopped": self.stopped,
-            "bad_streak": self.bad_streak,
-            "explosive_streak": self.explosive_streak,
-            "norm_history": self.norm_history,
+            "stopped": self.stopped.clone(),
+            "bad_streak": self.bad_streak.clone(),
+            "explosive_streak": list(self.explosive_streak),
+            "norm_history": [list(h) for h in self.norm_history],
             "guarded_steps": self.guarded_steps,
-            "diverged_at": self.diverged_at,
-            "term_scale": self.term_scale,
+            "diverged_at": dict(self.diverged_at),
+            "term_scale": self.term_scale.clone(),
             "config": dataclasses.asdict(self.config),
         }
 
-    def save_checkpoint(self) -> Path:
-        """Write ``checkpoint.pt`` atomically (temporary file, then rename)."""
+    def save_checkpoint(self, state: dict | None = None) -> Path:
+        """Write ``checkpoint.pt`` atomically (temporary file, then rename).
+
+        ``state`` defaults to the state after the last completed episode, so a checkpoint
+        written after an interruption in the middle of an episode is still consistent.
+        """
         assert self.out is not None
+        if state is None:
+            state = self._consistent if self._consistent is not None else self._checkpoint_state()
         path = self.out / CHECKPOINT_FILE
         tmp = path.with_suffix(".pt.tmp")
-        torch.save(self._checkpoint_state(), tmp)
+        torch.save(state, tmp)
         os.replace(tmp, path)
         return path
+
+    @property
+    def completed_episodes(self) -> int:
+        """Episodes fully completed (what a checkpoint written now would hold)."""
+        return self._consistent["episode"] if self._consistent is not None else self.episode
 
     def _load_checkpoint(self, path: Path) -> None:
         try:
@@ -477,7 +490,6 @@ class MetaTrainer:
             torch.set_num_threads(c.threads)
         start = time.perf_counter()
         history: list[dict] = []
-        last_acc: dict[int, list[float]] = {}
         target = c.episodes if stop_after is None else min(c.episodes, self.episode + stop_after)
         bar = None
         if progress:
@@ -485,25 +497,36 @@ class MetaTrainer:
 
             bar = tqdm(total=c.episodes, initial=self.episode, desc=f"{self.rule.name}/{c.feedback}",
                        unit="ep", dynamic_ncols=True)
-        while self.episode < target:
-            rows = self.step()
-            history.extend(rows)
-            if self.writer is not None:
-                self.writer.append(rows)
-            for r in rows:
-                last_acc.setdefault(r["trial"], []).append(r["meta_accuracy"])
-                if r["diverged"]:
-                    msg = (f"trial {r['trial']} diverged at episode {r['episode']} (non-finite meta-loss "
-                           f"or meta-gradient); it is stopped, the other trials go on")
-                    (bar.write if bar else print)(msg, file=sys.stderr)
+        self._consistent = self._checkpoint_state()
+        try:
+            while self.episode < target:
+                rows = self.step()
+                history.extend(rows)
+                if self.writer is not None:
+                    self.writer.append(rows)
+                self._consistent = self._checkpoint_state()
+                for r in rows:
+                    if r["diverged"]:
+                        msg = (f"trial {r['trial']} diverged at episode {r['episode']} (non-finite meta-loss "
+                               f"or meta-gradient); it is stopped, the other trials go on")
+                        (bar.write if bar else print)(msg, file=sys.stderr)
+                if bar is not None:
+                    accs = [r["meta_accuracy"] for r in rows]
+                    bar.set_postfix(acc=f"{np.mean(accs):.3f}" if accs else "-", guarded=self.guarded_steps)
+                    bar.update(1)
+                if self.out is not None and (self.episode % c.checkpoint_every == 0 or self.episode == target):
+                    self.save_checkpoint()
+                if bool(self.stopped.all()):
+                    break
+        except KeyboardInterrupt:
+            # Keep everything computed so far: the state after the last completed episode.
             if bar is not None:
-                accs = [r["meta_accuracy"] for r in rows]
-                bar.set_postfix(acc=f"{np.mean(accs):.3f}" if accs else "-", guarded=self.guarded_steps)
-                bar.update(1)
-            if self.out is not None and (self.episode % c.checkpoint_every == 0 or self.episode == target):
-                self.save_checkpoint()
-            if bool(self.stopped.all()):
-                break
+                bar.close()
+            if self.out is not None:
+                st = self._consistent
+                self.save_checkpoint(st)
+                write_theta(self.out, st["theta"].numpy(), self.terms, st["stopped"].numpy(), seed=c.seed)
+            raise
         if bar is not None:
             bar.close()
         summary = self.summary(time.perf_counter() - start, history)

@@ -109,7 +109,7 @@ def test_a_truly_diverging_rule_without_guards_stops_every_trial_and_keeps_resul
     assert h.diverged.sum() == 2 and (tmp_path / "theta.json").exists()
 
 
-def test_resume_after_an_interruption_gives_the_uninterrupted_history(tmp_path, monkeypatch):
+def test_ctrl_c_in_the_middle_of_an_episode_keeps_a_consistent_checkpoint_and_theta(tmp_path):
     full = tmp_path / "full"
     MetaTrainer(tiny(rule="bio", episodes=7, checkpoint_every=2), out=full).run(progress=False)
 
@@ -118,17 +118,34 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_history(tmp_path, 
     real_step = trainer.step
 
     def dying_step():
-        if trainer.episode == 5:  # killed during episode 6; last checkpoint after episode 4
+        if trainer.episode == 5:  # Ctrl-C during episode 6, after its tasks were drawn
+            trainer.episode += 1
+            trainer.draw([0, 1])  # advances the trials' generators: a half-done episode
             raise KeyboardInterrupt
         return real_step()
 
     trainer.step = dying_step
     with pytest.raises(KeyboardInterrupt):
         trainer.run(progress=False)
-    assert read_history(cut).episode.max() == 5  # episode 5 was written after the checkpoint
+    assert read_history(cut).episode.max() == 5
+    assert torch.load(cut / "checkpoint.pt", weights_only=False)["episode"] == 5  # the last complete episode
+    assert (cut / "theta.json").exists()  # nothing computed is lost
     MetaTrainer(tiny(rule="bio", episodes=7, checkpoint_every=2), out=cut, resume=True).run(progress=False)
     pd.testing.assert_frame_equal(read_history(full), read_history(cut))
     assert read_theta(full) == read_theta(cut)
+
+
+def test_a_finished_run_extended_with_resume_equals_the_longer_run(tmp_path):
+    full = tmp_path / "full"
+    MetaTrainer(tiny(rule="bio", episodes=7, checkpoint_every=2), out=full).run(progress=False)
+    cut = tmp_path / "cut"
+    trainer = MetaTrainer(tiny(rule="bio", episodes=5, checkpoint_every=2), out=cut)
+    trainer.run(progress=False)
+    assert read_history(cut).episode.max() == 5
+    resumed = MetaTrainer(tiny(rule="bio", episodes=7, checkpoint_every=2), out=cut, resume=True)
+    assert resumed.episode == 5
+    resumed.run(progress=False)
+    pd.testing.assert_frame_equal(read_history(full), read_history(cut))
 
 
 def test_resume_after_a_hard_kill_of_the_command_gives_the_uninterrupted_history(tmp_path):
