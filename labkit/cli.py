@@ -24,28 +24,25 @@ def _int_list(text: str) -> tuple[int, ...]:
     return vals
 
 
-def _clip(text: str) -> float | None:
-    if text.lower() in ("off", "none", "0"):
-        return None
+def _positive_or(text: str, flag: str, words: tuple[str, ...], keep: object) -> object:
+    """A positive number, or ``keep`` when ``text`` is one of ``words``."""
+    if text.lower() in words:
+        return keep
     try:
         v = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--clip takes a positive number or 'off', got {text!r}")
+        v = -1.0
     if v <= 0:
-        raise argparse.ArgumentTypeError(f"--clip takes a positive number or 'off', got {text!r}")
+        raise argparse.ArgumentTypeError(f"{flag} takes a positive number or '{words[0]}', got {text!r}")
     return v
+
+
+def _clip(text: str) -> float | None:
+    return _positive_or(text, "--clip", ("off", "none", "0"), None)
 
 
 def _scale(text: str) -> float | str:
-    if text == "auto":
-        return text
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--input-scale takes 'auto' or a positive number, got {text!r}")
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"--input-scale takes 'auto' or a positive number, got {text!r}")
-    return v
+    return _positive_or(text, "--input-scale", ("auto",), "auto")
 
 
 def _theta(text: str) -> list[float]:

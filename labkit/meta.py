@@ -446,12 +446,12 @@ class MetaTrainer:
                     notes[j] = "clip"
                 self.explosive_streak[i] = 0
         lr_scale = (min(1.0, self.episode / c.warmup) if c.warmup else 1.0) * self.term_scale
-        adam_rows = idx
-        sub = MaskedAdam((len(live), N_TERMS), c.meta_lr, dtype=self.dtype)
-        sub.m, sub.v, sub.t = self.adam.m[adam_rows], self.adam.v[adam_rows], self.adam.t[adam_rows]
-        new_theta = sub.step(theta, grad, take, lr_scale)
-        self.theta[idx] = new_theta
-        self.adam.m[adam_rows], self.adam.v[adam_rows], self.adam.t[adam_rows] = sub.m, sub.v, sub.t
+        # One Adam over all trials; stopped trials and refused steps are simply masked out.
+        full_grad = torch.zeros_like(self.theta)
+        full_grad[idx] = grad
+        full_take = torch.zeros(c.trials, dtype=torch.bool)
+        full_take[idx] = take
+        self.theta = self.adam.step(self.theta, full_grad, full_take, lr_scale)
 
         # measurements on the query batch with the adapted weights
         with torch.no_grad():
