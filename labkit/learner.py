@@ -104,18 +104,24 @@ def episode_loss(theta: torch.Tensor, ep: Episodic) -> tuple[torch.Tensor, torch
     return loss, acc, Ws
 
 
-def meta_gradient(theta: torch.Tensor, ep: Episodic, mode: str = "reverse") -> MetaGradient:
+def meta_gradient(theta: torch.Tensor, ep: Episodic, mode: str = "adjoint") -> MetaGradient:
     """Exact gradient of each trial's query loss with respect to its own theta.
 
     Trial i's loss depends only on theta[i], so the gradient of the summed loss is the
     per-trial gradient.
 
-    ``mode="reverse"``: autograd through the unrolled loop (stores W at every step: memory
-    grows with the episode length). ``mode="forward"``: forward-mode (torch.func.jvp), one
+    ``mode="adjoint"`` (default): the hand-derived reverse pass of :mod:`labkit.adjoint`
+    (weights updated in place and reconstructed backwards; only vectors are stored per step).
+    ``mode="reverse"``: autograd through the unrolled loop (the reference; stores W at every
+    step: memory grows with the episode length). ``mode="forward"``: forward-mode (torch.func.jvp), one
     tangent per active term, vectorised with vmap; memory stays flat as the episode grows,
     cost grows with the number of active terms.
     """
     theta = theta.detach()
+    if mode == "adjoint":
+        from .adjoint import meta_gradient_adjoint
+
+        return meta_gradient_adjoint(theta, ep)
     if mode == "reverse":
         th = theta.clone().requires_grad_(True)
         with torch.enable_grad(), ops.deferred_weight_grads():
@@ -144,7 +150,7 @@ def meta_gradient(theta: torch.Tensor, ep: Episodic, mode: str = "reverse") -> M
         for i, r in enumerate(terms):
             grad[:, r] = dloss[i]
         return MetaGradient(loss.detach(), acc.detach(), grad, [W.detach() for W in Ws])
-    raise ValueError(f"unknown meta-gradient mode {mode!r}; choose 'reverse' or 'forward'")
+    raise ValueError(f"unknown meta-gradient mode {mode!r}; choose 'adjoint', 'reverse' or 'forward'")
 
 
 @torch.no_grad()

@@ -1,0 +1,350 @@
+"""The meta-gradient by a hand-derived reverse pass through the inner loop (the fast engine).
+
+What autograd does in :func:`labkit.learner.meta_gradient` (``mode="reverse"``) is exact but
+costly on a CPU: it keeps a fresh copy of every weight matrix at every plasticity step
+(memory grows as K * |W|: 226 MB for one F^bio trial at K = 50) and runs several dozen small
+graph nodes per step, whose fixed cost dominates for one trial. This module computes the
+same gradient differently:
+
+* The forward pass updates the weights **in place** and keeps only vectors per step
+  (activities, errors and the low-rank factors of each update; about 40 kB per trial-step).
+* The backward pass walks the steps in reverse and **reconstructs** each step's weights from
+  the next ones by undoing the update, W_t = (W_{t+1} - P_t Q_t^T) / (1 - theta_3): every
+  update of the pool is low rank plus decay (DESIGN.md), so this costs one pass over W.
+* The adjoint of every step is written out by hand (derivation below), so a step's backward
+  pass is a handful of batched products: two over the incoming weight gradient (for the
+  update's factors), two or three over W, and one in-place rank-<=4 update of the gradient.
+
+Reconstruction is exact in exact arithmetic; in floating point each undo rounds once, so the
+reconstructed weights differ from the forward ones by a few units in the last place, and the
+gradient agrees with autograd's to about 1e-12 (float64) or 1e-5 (float32) relative
+(``tests/test_fast_paths.py``). Where the forward pass overflowed, the gradient is
+non-finite, exactly as with autograd, and the meta-trainer's guards treat it the same way.
+
+Notation (code indices, as in :func:`labkit.learner.online_train`): ``ys[0]`` is the input,
+``zs[i] = Ws[i] ys[i]``, ``ys[i+1] = softplus(zs[i])`` (softmax for the last layer),
+``es[L] = ys[L] - onehot``, ``es[j] = g_j * d_j`` with ``d_j = 1 - exp(-beta ys[j])`` and
+``g_j = B_j es[j+1]`` (fa), ``Ws[j]^T es[j+1]`` (bp) or ``D_j es[L]`` (dfa). Layer i's
+update, with pre = ys[i], e_pre = es[i], post = ys[i+1], e_post = es[i+1], z = zs[i],
+u = Ws[i]^T post, s6 = u . e_pre, s8 = e_post . z, S = 1^T post:
+
+    W' = (1 - th3) W + e_post a^T + post b^T + 1 c^T
+    a = -alpha pre - th2 e_pre,        alpha = th0 + th5 S + th7 s6
+    b = -kappa e_pre + th9 (pre - u),  kappa = th1 + th6 s6 + th8 s8
+    c = -th4 e_pre
+
+Its adjoint, given Wbar' = dLoss/dW' (bars are gradients):
+
+    th3bar -= <W, Wbar'>;  e_post_bar += Wbar' a;  post_bar += Wbar' b
+    abar = Wbar'^T e_post;  bbar = Wbar'^T post;  cbar = Wbar'^T 1
+    alphabar = -abar . pre;  kappabar = -bbar . e_pre
+    th0bar += alphabar; th5bar += alphabar S; th7bar += alphabar s6; th2bar -= abar . e_pre
+    th1bar += kappabar; th6bar += kappabar s6; th8bar += kappabar s8; th9bar += bbar . (pre - u)
+    th4bar -= cbar . e_pre
+    e_pre_bar += -th2 abar - kappa bbar - th4 cbar + s6bar u;  pre_bar += -alpha abar + th9 bbar
+    post_bar += th5 alphabar 1 + W ubar;  zbar += s8bar e_post;  e_post_bar += s8bar z
+    s6bar = th7 alphabar + th6 kappabar;  s8bar = th8 kappabar;  ubar = -th9 bbar + s6bar e_pre
+    Wbar = (1 - th3) Wbar' + post ubar^T + (forward and feedback terms below)
+
+then the error pass in reverse (gbar_j = es_bar[j] d_j, ys_bar[j] += es_bar[j] g_j beta (1 - d_j),
+es_bar[j+1] += B_j^T gbar_j | Ws[j] gbar_j with Wbar[j] += es[j+1] gbar_j^T | D_j^T gbar_j into
+es_bar[L]), es_bar[L] into ys_bar[L], and the forward pass in reverse (zbar = ys_bar d for
+softplus layers, y (ybar - y.ybar) for the softmax; Wbar[i] += zbar ys[i]^T;
+ys_bar[i] += Ws[i]^T zbar).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from .metrics import query_loss_and_accuracy
+from .networks import softplus
+from .rules import N_TERMS, USES_PRE_ERROR
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .learner import Episodic
+
+
+def _mv(W: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """W v for W (T, n, m), v (T, m) -> (T, n), in the row form that is fast on CPU."""
+    return torch.bmm(v.unsqueeze(1), W.transpose(1, 2)).squeeze(1)
+
+
+def _vm(v: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """W^T v for W (T, n, m), v (T, n) -> (T, m)."""
+    return torch.bmm(v.unsqueeze(1), W).squeeze(1)
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-trial dot product (T, n), (T, n) -> (T, 1)."""
+    return torch.linalg.vecdot(a, b).unsqueeze(-1)
+
+
+def _add(acc: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    return x if acc is None else acc + x
+
+
+class _Layer:
+    """Which pieces of the fused update a layer needs (fixed for a whole episode)."""
+
+    __slots__ = ("ts", "u", "s6", "a", "b", "c", "decay", "pre_err")
+
+    def __init__(self, ts: tuple[int, ...]):
+        s = set(ts)
+        self.ts = s
+        self.u = bool(s & {6, 7, 9})
+        self.s6 = bool(s & {6, 7})
+        self.a = bool(s & {0, 2, 5, 7})
+        self.b = bool(s & {1, 6, 8, 9})
+        self.c = 4 in s
+        self.decay = 3 in s
+        self.pre_err = bool(s & USES_PRE_ERROR)
+
+
+def meta_gradient_adjoint(theta: torch.Tensor, ep: "Episodic"):
+    """Exact d(query loss)/d(theta) per trial by the hand-derived reverse pass (module docstring).
+
+    theta: (T, 10). Returns :class:`labkit.learner.MetaGradient` (loss, accuracy, grad (T, 10),
+    adapted weights). Same value as ``meta_gradient(theta, ep, "reverse")``.
+    """
+    from .learner import MetaGradient
+
+    with torch.no_grad():
+        return MetaGradient(*_run(theta.detach(), ep))
+
+
+def _run(theta: torch.Tensor, ep: "Episodic"):
+    kind = ep.feedback
+    beta = ep.beta
+    Ws = [W.clone().contiguous() for W in ep.Ws]
+    Bs = ep.Bs
+    L = len(Ws)
+    layers = [_Layer(tuple(ts)) for ts in ep.rule.layer_terms]
+    if len(layers) != L:
+        raise ValueError(f"rule has {len(layers)} layers but the network has {L}")
+    if kind not in ("fa", "bp", "dfa"):
+        raise ValueError(f"unknown feedback {kind!r}; choose one of bp, fa, dfa")
+    lo = 0 if layers[0].pre_err else 1
+    x, yl = ep.x_train, ep.y_train
+    T, N = yl.shape
+    onehot = torch.nn.functional.one_hot(yl, Ws[-1].shape[1]).to(x.dtype)
+    th = [theta[:, r : r + 1] for r in range(N_TERMS)]  # (T, 1) each
+    keep = [1.0 - th[3]] * L  # decay factor per layer (used only where term 3 acts)
+
+    tape: list[tuple] = []  # per step: (ys, zs, es, gs, ds, per-layer saved update pieces)
+    for t in range(N):
+        ys = [x[:, t]]
+        zs = []
+        for i in range(L):
+            z = _mv(Ws[i], ys[i])
+            zs.append(z)
+            ys.append(softplus(z, beta) if i < L - 1 else torch.softmax(z, dim=-1))
+        es: list[torch.Tensor | None] = [None] * (L + 1)
+        gs: list[torch.Tensor | None] = [None] * L
+        ds: list[torch.Tensor | None] = [None] * L
+        es[L] = ys[L] - onehot[:, t]
+        for j in range(L - 1, lo - 1, -1):
+            if kind == "fa":
+                g = _mv(Bs[j], es[j + 1])
+            elif kind == "bp":
+                g = _vm(es[j + 1], Ws[j])
+            else:
+                g = _mv(Bs[j], es[L])
+            d = -torch.expm1(ys[j] * -beta)
+            gs[j], ds[j] = g, d
+            es[j] = g * d
+        saved = []
+        for i in range(L):
+            lay = layers[i]
+            pre, post, e_pre, e_post = ys[i], ys[i + 1], es[i], es[i + 1]
+            u = _vm(post, Ws[i]) if lay.u else None
+            s6 = _dot(u, e_pre) if lay.s6 else None
+            S = post.sum(-1, keepdim=True) if 5 in lay.ts else None
+            s8 = _dot(e_post, zs[i]) if 8 in lay.ts else None
+            P, Q = [], []
+            alpha = kappa = None
+            if lay.a:
+                alpha = None
+                if 0 in lay.ts:
+                    alpha = th[0]
+                if 5 in lay.ts:
+                    alpha = _add(alpha, th[5] * S)
+                if 7 in lay.ts:
+                    alpha = _add(alpha, th[7] * s6)
+                a = None if alpha is None else -alpha * pre
+                if 2 in lay.ts:
+                    a = _add(a, -th[2] * e_pre)
+                P.append(e_post)
+                Q.append(a)
+            if lay.b:
+                if 1 in lay.ts:
+                    kappa = th[1]
+                if 6 in lay.ts:
+                    kappa = _add(kappa, th[6] * s6)
+                if 8 in lay.ts:
+                    kappa = _add(kappa, th[8] * s8)
+                b = None if kappa is None else -kappa * e_pre
+                if 9 in lay.ts:
+                    b = _add(b, th[9] * (pre - u))
+                P.append(post)
+                Q.append(b)
+            if lay.c:
+                P.append(torch.ones_like(post))
+                Q.append(-th[4] * e_pre)
+            Pm = torch.stack(P, dim=-1) if P else None  # (T, n, k)
+            Qm = torch.stack(Q, dim=1) if Q else None  # (T, k, m)
+            saved.append((u, s6, S, s8, alpha, kappa, Pm, Qm))
+        # all layers read the pre-update weights above; now update in place
+        for i in range(L):
+            lay = layers[i]
+            Pm, Qm = saved[i][6], saved[i][7]
+            if lay.decay:
+                Ws[i].mul_(keep[i].unsqueeze(-1))
+            if Pm is not None:
+                Ws[i].baddbmm_(Pm, Qm)
+        tape.append((ys, zs, es, gs, ds, saved))
+
+    # query loss and its gradient with respect to the adapted weights
+    Wf = [W.clone().requires_grad_(True) for W in Ws]
+    with torch.enable_grad():
+        loss, acc = query_loss_and_accuracy(Wf, ep.x_query, ep.y_query, beta)
+        Wbar = list(torch.autograd.grad(loss.sum(), Wf))
+    Wbar = [g.contiguous() for g in Wbar]
+    adapted = [W.detach().clone() for W in Wf]
+    thbar: list[torch.Tensor | None] = [None] * N_TERMS
+
+    for t in range(N - 1, -1, -1):
+        ys, zs, es, gs, ds, saved = tape.pop()
+        # 1. undo this step's update: W_t = (W_{t+1} - P Q) / (1 - th3)
+        for i in range(L):
+            lay = layers[i]
+            Pm, Qm = saved[i][6], saved[i][7]
+            if Pm is not None:
+                Ws[i].baddbmm_(Pm, Qm, alpha=-1.0)
+            if lay.decay:
+                Ws[i].div_(keep[i].unsqueeze(-1))
+        ys_bar: list[torch.Tensor | None] = [None] * (L + 1)
+        es_bar: list[torch.Tensor | None] = [None] * (L + 1)
+        zs_bar: list[torch.Tensor | None] = [None] * L
+        ubars: list[torch.Tensor | None] = [None] * L
+        # 2. adjoint of every layer's update (reads Wbar' = Wbar[i] and W_t)
+        for i in range(L):
+            lay = layers[i]
+            u, s6, S, s8, alpha, kappa, Pm, Qm = saved[i]
+            pre, post, e_pre, e_post = ys[i], ys[i + 1], es[i], es[i + 1]
+            Wb = Wbar[i]
+            if lay.decay:
+                thbar[3] = _add(thbar[3], -torch.linalg.vecdot(Ws[i].flatten(1), Wb.flatten(1)).unsqueeze(-1))
+            if Pm is None:
+                continue
+            G = torch.bmm(Qm, Wb.transpose(1, 2))  # (T, k, n): rows Wbar' q_k
+            H = torch.bmm(Pm.transpose(1, 2), Wb)  # (T, k, m): rows Wbar'^T p_k
+            k = 0
+            e_pre_bar = pre_bar = None
+            s6bar = None
+            if lay.a:
+                es_bar[i + 1] = _add(es_bar[i + 1], G[:, k])
+                abar = H[:, k]
+                k += 1
+                if 2 in lay.ts:
+                    thbar[2] = _add(thbar[2], -_dot(abar, e_pre))
+                    e_pre_bar = _add(e_pre_bar, -th[2] * abar)
+                if alpha is not None:
+                    alphabar = -_dot(abar, pre)
+                    pre_bar = _add(pre_bar, -alpha * abar)
+                    if 0 in lay.ts:
+                        thbar[0] = _add(thbar[0], alphabar)
+                    if 5 in lay.ts:
+                        thbar[5] = _add(thbar[5], alphabar * S)
+                        ys_bar[i + 1] = _add(ys_bar[i + 1], (th[5] * alphabar).expand_as(post))
+                    if 7 in lay.ts:
+                        thbar[7] = _add(thbar[7], alphabar * s6)
+                        s6bar = _add(s6bar, th[7] * alphabar)
+            if lay.b:
+                ys_bar[i + 1] = _add(ys_bar[i + 1], G[:, k])
+                bbar = H[:, k]
+                k += 1
+                if kappa is not None:
+                    kappabar = -_dot(bbar, e_pre)
+                    e_pre_bar = _add(e_pre_bar, -kappa * bbar)
+                    if 1 in lay.ts:
+                        thbar[1] = _add(thbar[1], kappabar)
+                    if 6 in lay.ts:
+                        thbar[6] = _add(thbar[6], kappabar * s6)
+                        s6bar = _add(s6bar, th[6] * kappabar)
+                    if 8 in lay.ts:
+                        thbar[8] = _add(thbar[8], kappabar * s8)
+                        s8bar = th[8] * kappabar
+                        es_bar[i + 1] = _add(es_bar[i + 1], s8bar * zs[i])
+                        zs_bar[i] = s8bar * e_post
+                if 9 in lay.ts:
+                    thbar[9] = _add(thbar[9], _dot(bbar, pre - u))
+                    ubars[i] = -th[9] * bbar
+                    pre_bar = _add(pre_bar, th[9] * bbar)
+            if lay.c:
+                cbar = H[:, k]
+                thbar[4] = _add(thbar[4], -_dot(cbar, e_pre))
+                e_pre_bar = _add(e_pre_bar, -th[4] * cbar)
+            if s6bar is not None:
+                e_pre_bar = _add(e_pre_bar, s6bar * u)
+                ubars[i] = _add(ubars[i], s6bar * e_pre)
+            if e_pre_bar is not None:
+                es_bar[i] = _add(es_bar[i], e_pre_bar)
+            if pre_bar is not None and i >= 1:
+                ys_bar[i] = _add(ys_bar[i], pre_bar)
+            if ubars[i] is not None:
+                ys_bar[i + 1] = _add(ys_bar[i + 1], _mv(Ws[i], ubars[i]))
+        # 3. the error pass in reverse (upwards)
+        gbars: list[torch.Tensor | None] = [None] * L
+        for j in range(lo, L):
+            eb = es_bar[j]
+            if eb is None:
+                continue
+            gbar = eb * ds[j]
+            if j >= 1:
+                ys_bar[j] = _add(ys_bar[j], eb * gs[j] * (1.0 - ds[j]) * beta)
+            if kind == "fa":
+                es_bar[j + 1] = _add(es_bar[j + 1], _vm(gbar, Bs[j]))
+            elif kind == "bp":
+                es_bar[j + 1] = _add(es_bar[j + 1], _mv(Ws[j], gbar))
+                gbars[j] = gbar
+            else:
+                es_bar[L] = _add(es_bar[L], _vm(gbar, Bs[j]))
+        if es_bar[L] is not None:
+            ys_bar[L] = _add(ys_bar[L], es_bar[L])
+        # 4. the forward pass in reverse (downwards), and 5. the weight gradient before the step
+        for i in range(L - 1, -1, -1):
+            yb = ys_bar[i + 1]
+            zb = zs_bar[i]
+            if yb is not None:
+                if i == L - 1:
+                    y = ys[L]
+                    zb = _add(zb, y * (yb - _dot(yb, y)))
+                else:
+                    zb = _add(zb, yb * ds[i + 1])
+            left, right = [], []
+            if zb is not None:
+                left.append(zb)
+                right.append(ys[i])
+                if i >= 1:
+                    ys_bar[i] = _add(ys_bar[i], _vm(zb, Ws[i]))
+            if ubars[i] is not None:
+                left.append(ys[i + 1])
+                right.append(ubars[i])
+            if gbars[i] is not None:
+                left.append(es[i + 1])
+                right.append(gbars[i])
+            Wb = Wbar[i]
+            if layers[i].decay:
+                Wb.mul_(keep[i].unsqueeze(-1))
+            if len(left) == 1:
+                Wb.addcmul_(left[0].unsqueeze(-1), right[0].unsqueeze(1))
+            elif left:
+                Wb.baddbmm_(torch.stack(left, dim=-1), torch.stack(right, dim=1))
+
+    grad = torch.zeros_like(theta)
+    for r in ep.rule.terms:
+        if thbar[r] is not None:
+            grad[:, r] = thbar[r].squeeze(-1)
+    return loss.detach(), acc.detach(), grad, adapted
