@@ -78,11 +78,19 @@ def _vm(v: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-trial dot product (T, n), (T, n) -> (T, 1)."""
-    return torch.linalg.vecdot(a, b).unsqueeze(-1)
+    return (a * b).sum(-1, keepdim=True)
 
 
 def _add(acc: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
     return x if acc is None else acc + x
+
+
+def _addlr(W: torch.Tensor, P: torch.Tensor, Q: torch.Tensor) -> None:
+    """W += P Q in place for P (T, n, k), Q (T, k, m)."""
+    if P.shape[-1] == 1:
+        W.addcmul_(P, Q)
+    else:
+        W.baddbmm_(P, Q)
 
 
 class _Layer:
@@ -102,48 +110,32 @@ class _Layer:
         self.pre_err = bool(s & USES_PRE_ERROR)
 
 
-def meta_gradient_adjoint(theta: torch.Tensor, ep: "Episodic"):
-    """Exact d(query loss)/d(theta) per trial by the hand-derived reverse pass (module docstring).
+def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float):
+    """One plasticity step forward and its adjoint, as two plain functions for one rule.
 
-    theta: (T, 10). Returns :class:`labkit.learner.MetaGradient` (loss, accuracy, grad (T, 10),
-    adapted weights). Same value as ``meta_gradient(theta, ep, "reverse")``.
+    ``forward(Ws, Bs, x, onehot, theta)`` returns the step's tape (activities, errors and
+    the update's factors); ``update(Ws, theta, saved, +1 | -1)`` applies or undoes the
+    step's update in place; ``backward(Ws, Wbar, Bs, theta, tape)`` returns the step's
+    (T, 10) contribution to d loss / d theta and the factors that ``grad_update`` adds to
+    the weight gradient. Which terms act where is fixed here, so ``forward`` and
+    ``backward`` contain no data-dependent branches (``torch.compile`` fuses them whole).
     """
-    from .learner import MetaGradient
-
-    with torch.no_grad():
-        return MetaGradient(*_run(theta.detach(), ep))
-
-
-def _run(theta: torch.Tensor, ep: "Episodic"):
-    kind = ep.feedback
-    beta = ep.beta
-    Ws = [W.clone().contiguous() for W in ep.Ws]
-    Bs = ep.Bs
-    L = len(Ws)
-    layers = [_Layer(tuple(ts)) for ts in ep.rule.layer_terms]
-    if len(layers) != L:
-        raise ValueError(f"rule has {len(layers)} layers but the network has {L}")
-    if kind not in ("fa", "bp", "dfa"):
-        raise ValueError(f"unknown feedback {kind!r}; choose one of bp, fa, dfa")
+    layers = [_Layer(tuple(ts)) for ts in layer_terms]
+    L = len(layers)
     lo = 0 if layers[0].pre_err else 1
-    x, yl = ep.x_train, ep.y_train
-    T, N = yl.shape
-    onehot = torch.nn.functional.one_hot(yl, Ws[-1].shape[1]).to(x.dtype)
-    th = [theta[:, r : r + 1] for r in range(N_TERMS)]  # (T, 1) each
-    keep = [1.0 - th[3]] * L  # decay factor per layer (used only where term 3 acts)
 
-    tape: list[tuple] = []  # per step: (ys, zs, es, gs, ds, per-layer saved update pieces)
-    for t in range(N):
-        ys = [x[:, t]]
+    def forward(Ws, Bs, x, onehot, theta):
+        th = [theta[:, r : r + 1] for r in range(N_TERMS)]  # (T, 1) each
+        ys = [x]
         zs = []
         for i in range(L):
             z = _mv(Ws[i], ys[i])
             zs.append(z)
             ys.append(softplus(z, beta) if i < L - 1 else torch.softmax(z, dim=-1))
-        es: list[torch.Tensor | None] = [None] * (L + 1)
-        gs: list[torch.Tensor | None] = [None] * L
-        ds: list[torch.Tensor | None] = [None] * L
-        es[L] = ys[L] - onehot[:, t]
+        es: list = [None] * (L + 1)
+        gs: list = [None] * L
+        ds: list = [None] * L
+        es[L] = ys[L] - onehot
         for j in range(L - 1, lo - 1, -1):
             if kind == "fa":
                 g = _mv(Bs[j], es[j + 1])
@@ -165,7 +157,6 @@ def _run(theta: torch.Tensor, ep: "Episodic"):
             P, Q = [], []
             alpha = kappa = None
             if lay.a:
-                alpha = None
                 if 0 in lay.ts:
                     alpha = th[0]
                 if 5 in lay.ts:
@@ -195,39 +186,33 @@ def _run(theta: torch.Tensor, ep: "Episodic"):
             Pm = torch.stack(P, dim=-1) if P else None  # (T, n, k)
             Qm = torch.stack(Q, dim=1) if Q else None  # (T, k, m)
             saved.append((u, s6, S, s8, alpha, kappa, Pm, Qm))
-        # all layers read the pre-update weights above; now update in place
-        for i in range(L):
-            lay = layers[i]
-            Pm, Qm = saved[i][6], saved[i][7]
-            if lay.decay:
-                Ws[i].mul_(keep[i].unsqueeze(-1))
-            if Pm is not None:
-                Ws[i].baddbmm_(Pm, Qm)
-        tape.append((ys, zs, es, gs, ds, saved))
+        return ys, zs, es, gs, ds, saved
 
-    # query loss and its gradient with respect to the adapted weights
-    Wf = [W.clone().requires_grad_(True) for W in Ws]
-    with torch.enable_grad():
-        loss, acc = query_loss_and_accuracy(Wf, ep.x_query, ep.y_query, beta)
-        Wbar = list(torch.autograd.grad(loss.sum(), Wf))
-    Wbar = [g.contiguous() for g in Wbar]
-    adapted = [W.detach().clone() for W in Wf]
-    thbar: list[torch.Tensor | None] = [None] * N_TERMS
-
-    for t in range(N - 1, -1, -1):
-        ys, zs, es, gs, ds, saved = tape.pop()
-        # 1. undo this step's update: W_t = (W_{t+1} - P Q) / (1 - th3)
+    def update(Ws, theta, saved, sign: float) -> None:
+        # Every layer read the pre-update weights in forward(); apply (sign=1) or undo
+        # (sign=-1) the step's updates in place. Kept out of the compiled functions: a
+        # compiled in-place update becomes an out-of-place one plus a copy (two extra passes).
+        keep = (1.0 - theta[:, 3:4]).unsqueeze(-1)
         for i in range(L):
-            lay = layers[i]
             Pm, Qm = saved[i][6], saved[i][7]
+            if layers[i].decay and sign > 0:
+                Ws[i].mul_(keep)
             if Pm is not None:
-                Ws[i].baddbmm_(Pm, Qm, alpha=-1.0)
-            if lay.decay:
-                Ws[i].div_(keep[i].unsqueeze(-1))
-        ys_bar: list[torch.Tensor | None] = [None] * (L + 1)
-        es_bar: list[torch.Tensor | None] = [None] * (L + 1)
-        zs_bar: list[torch.Tensor | None] = [None] * L
-        ubars: list[torch.Tensor | None] = [None] * L
+                _addlr(Ws[i], Pm, Qm if sign > 0 else -Qm)
+            if layers[i].decay and sign < 0:
+                Ws[i].div_(keep)
+
+    def backward(Ws, Wbar, Bs, theta, tape):
+        """Ws: the step's starting weights (already undone); Wbar: gradient after the step.
+        Returns the (T, 10) theta-gradient contribution and, per layer, the rank-<=3 factors
+        (left (T, n, k), right (T, k, m)) of Wbar_t - (1 - th3) Wbar_{t+1}."""
+        ys, zs, es, gs, ds, saved = tape
+        th = [theta[:, r : r + 1] for r in range(N_TERMS)]
+        thbar: list = [None] * N_TERMS
+        ys_bar: list = [None] * (L + 1)
+        es_bar: list = [None] * (L + 1)
+        zs_bar: list = [None] * L
+        ubars: list = [None] * L
         # 2. adjoint of every layer's update (reads Wbar' = Wbar[i] and W_t)
         for i in range(L):
             lay = layers[i]
@@ -235,14 +220,13 @@ def _run(theta: torch.Tensor, ep: "Episodic"):
             pre, post, e_pre, e_post = ys[i], ys[i + 1], es[i], es[i + 1]
             Wb = Wbar[i]
             if lay.decay:
-                thbar[3] = _add(thbar[3], -torch.linalg.vecdot(Ws[i].flatten(1), Wb.flatten(1)).unsqueeze(-1))
+                thbar[3] = _add(thbar[3], -(Ws[i] * Wb).sum((1, 2)).unsqueeze(-1))
             if Pm is None:
                 continue
             G = torch.bmm(Qm, Wb.transpose(1, 2))  # (T, k, n): rows Wbar' q_k
             H = torch.bmm(Pm.transpose(1, 2), Wb)  # (T, k, m): rows Wbar'^T p_k
             k = 0
-            e_pre_bar = pre_bar = None
-            s6bar = None
+            e_pre_bar = pre_bar = s6bar = None
             if lay.a:
                 es_bar[i + 1] = _add(es_bar[i + 1], G[:, k])
                 abar = H[:, k]
@@ -296,7 +280,7 @@ def _run(theta: torch.Tensor, ep: "Episodic"):
             if ubars[i] is not None:
                 ys_bar[i + 1] = _add(ys_bar[i + 1], _mv(Ws[i], ubars[i]))
         # 3. the error pass in reverse (upwards)
-        gbars: list[torch.Tensor | None] = [None] * L
+        gbars: list = [None] * L
         for j in range(lo, L):
             eb = es_bar[j]
             if eb is None:
@@ -313,7 +297,8 @@ def _run(theta: torch.Tensor, ep: "Episodic"):
                 es_bar[L] = _add(es_bar[L], _vm(gbar, Bs[j]))
         if es_bar[L] is not None:
             ys_bar[L] = _add(ys_bar[L], es_bar[L])
-        # 4. the forward pass in reverse (downwards), and 5. the weight gradient before the step
+        # 4. the forward pass in reverse (downwards), and the weight gradient's new factors
+        factors: list = [None] * L
         for i in range(L - 1, -1, -1):
             yb = ys_bar[i + 1]
             zb = zs_bar[i]
@@ -335,16 +320,75 @@ def _run(theta: torch.Tensor, ep: "Episodic"):
             if gbars[i] is not None:
                 left.append(es[i + 1])
                 right.append(gbars[i])
-            Wb = Wbar[i]
-            if layers[i].decay:
-                Wb.mul_(keep[i].unsqueeze(-1))
-            if len(left) == 1:
-                Wb.addcmul_(left[0].unsqueeze(-1), right[0].unsqueeze(1))
-            elif left:
-                Wb.baddbmm_(torch.stack(left, dim=-1), torch.stack(right, dim=1))
+            if left:
+                factors[i] = (torch.stack(left, dim=-1), torch.stack(right, dim=1))
+        zero = torch.zeros_like(th[0])
+        return torch.cat([zero if g is None else g for g in thbar], dim=-1), factors
 
-    grad = torch.zeros_like(theta)
-    for r in ep.rule.terms:
-        if thbar[r] is not None:
-            grad[:, r] = thbar[r].squeeze(-1)
-    return loss.detach(), acc.detach(), grad, adapted
+    def grad_update(Wbar, theta, factors) -> None:
+        """Wbar_t = (1 - th3) Wbar_{t+1} + left right, in place."""
+        keep = (1.0 - theta[:, 3:4]).unsqueeze(-1)
+        for i in range(L):
+            if layers[i].decay:
+                Wbar[i].mul_(keep)
+            if factors[i] is not None:
+                _addlr(Wbar[i], *factors[i])
+
+    return forward, update, backward, grad_update
+
+
+_COMPILED: dict = {}
+
+
+def _steps(layer_terms, kind: str, beta: float, compile: bool):
+    if not compile:
+        return _make_steps(layer_terms, kind, beta)
+    key = (layer_terms, kind, beta)
+    if key not in _COMPILED:
+        fwd, upd, bwd, gupd = _make_steps(layer_terms, kind, beta)
+        _COMPILED[key] = (torch.compile(fwd, dynamic=False), upd, torch.compile(bwd, dynamic=False), gupd)
+    return _COMPILED[key]
+
+
+def meta_gradient_adjoint(theta: torch.Tensor, ep: "Episodic", compile: bool = False):
+    """Exact d(query loss)/d(theta) per trial by the hand-derived reverse pass (module docstring).
+
+    theta: (T, 10). Returns :class:`labkit.learner.MetaGradient` (loss, accuracy, grad (T, 10),
+    adapted weights). Same value as ``meta_gradient(theta, ep, "reverse")``. ``compile=True``
+    runs each step through ``torch.compile`` (several times faster for few trials on a CPU,
+    after a one-off compilation of up to a minute or two; needs a C++ compiler).
+    """
+    from .learner import MetaGradient
+
+    L = len(ep.Ws)
+    if ep.rule.n_layers != L:
+        raise ValueError(f"rule has {ep.rule.n_layers} layers but the network has {L}")
+    if ep.feedback not in ("fa", "bp", "dfa"):
+        raise ValueError(f"unknown feedback {ep.feedback!r}; choose one of bp, fa, dfa")
+    fwd, upd, bwd, gupd = _steps(tuple(tuple(ts) for ts in ep.rule.layer_terms), ep.feedback, float(ep.beta), compile)
+    theta = theta.detach()
+    with torch.no_grad():
+        Ws = [W.detach().clone().contiguous() for W in ep.Ws]
+        Bs = [B.detach() for B in ep.Bs]
+        x, yl = ep.x_train, ep.y_train
+        onehot = torch.nn.functional.one_hot(yl, Ws[-1].shape[1]).to(x.dtype)
+        N = yl.shape[1]
+        tape = []
+        for t in range(N):
+            tape.append(fwd(Ws, Bs, x[:, t].contiguous(), onehot[:, t].contiguous(), theta))
+            upd(Ws, theta, tape[-1][5], 1.0)
+        Wf = [W.clone().requires_grad_(True) for W in Ws]
+        with torch.enable_grad():
+            loss, acc = query_loss_and_accuracy(Wf, ep.x_query, ep.y_query, ep.beta)
+            Wbar = [g.contiguous() for g in torch.autograd.grad(loss.sum(), Wf)]
+        grad = torch.zeros_like(theta)
+        for t in range(N - 1, -1, -1):
+            step = tape.pop()
+            upd(Ws, theta, step[5], -1.0)  # W_t = (W_{t+1} - P Q) / (1 - th3)
+            g, factors = bwd(Ws, Wbar, Bs, theta, step)
+            gupd(Wbar, theta, factors)
+            grad += g
+        active = torch.zeros(N_TERMS, dtype=torch.bool)
+        active[list(ep.rule.terms)] = True
+        grad[:, ~active] = 0.0
+    return MetaGradient(loss.detach(), acc.detach(), grad, [W.detach() for W in Wf])

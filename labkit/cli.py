@@ -68,6 +68,7 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .feedback import FEEDBACK_KINDS
+    from .learner import GRAD_MODES
     from .rules import NAMED_RULES
 
     parser = argparse.ArgumentParser(
@@ -91,8 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default=None, help="results folder (default: runs/<rule>_<feedback>_<dataset>_s<seed>)")
     d.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     d.add_argument("--checkpoint-every", type=int, default=25, help="episodes between checkpoints")
-    d.add_argument("--grad-mode", default="reverse", choices=("reverse", "forward"),
-                   help="meta-gradient: reverse (autograd) or forward (jvp; memory flat in K)")
+    d.add_argument("--grad-mode", default="adjoint", choices=GRAD_MODES,
+                   help="meta-gradient: adjoint (hand-derived reverse pass, fastest), reverse (autograd, "
+                        "the reference) or forward (jvp; memory flat in K)")
+    d.add_argument("--compile", action="store_true",
+                   help="torch.compile the adjoint's steps (faster for long runs; compiling takes "
+                        "a minute or two the first time and needs a C++ compiler)")
     d.add_argument("--clip", type=_clip, default=10.0, help="clip meta-gradients above this many times the recent median norm ('off' to disable)")
     d.add_argument("--explosive", default="skip", choices=("skip", "clip"),
                    help="a meta-gradient above --clip x the recent median: skip the step, or clip it")
@@ -144,7 +149,7 @@ def cmd_discover(a: argparse.Namespace) -> int:
         dataset=a.dataset, data_root=a.data_root, download=a.download, input_scale=a.input_scale,
         rule=rule, feedback=a.feedback, hidden=a.hidden, M=a.M, K=a.K, Q=a.Q,
         remap_labels=a.remap_labels, test_classes=a.test_classes, episodes=a.episodes, trials=a.trials,
-        lam=a.lam, meta_lr=a.meta_lr, seed=a.seed, grad_mode=a.grad_mode, clip=a.clip, explosive=a.explosive, warmup=a.warmup,
+        lam=a.lam, meta_lr=a.meta_lr, seed=a.seed, grad_mode=a.grad_mode, compile=a.compile, clip=a.clip, explosive=a.explosive, warmup=a.warmup,
         skip_nonfinite=a.skip_nonfinite, term_scaling=a.term_scaling, patience=a.patience, checkpoint_every=a.checkpoint_every,
         dtype=a.dtype, threads=a.threads,
     )

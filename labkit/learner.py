@@ -104,7 +104,10 @@ def episode_loss(theta: torch.Tensor, ep: Episodic) -> tuple[torch.Tensor, torch
     return loss, acc, Ws
 
 
-def meta_gradient(theta: torch.Tensor, ep: Episodic, mode: str = "adjoint") -> MetaGradient:
+GRAD_MODES: tuple[str, ...] = ("adjoint", "reverse", "forward")
+
+
+def meta_gradient(theta: torch.Tensor, ep: Episodic, mode: str = "adjoint", compile: bool = False) -> MetaGradient:
     """Exact gradient of each trial's query loss with respect to its own theta.
 
     Trial i's loss depends only on theta[i], so the gradient of the summed loss is the
@@ -113,15 +116,18 @@ def meta_gradient(theta: torch.Tensor, ep: Episodic, mode: str = "adjoint") -> M
     ``mode="adjoint"`` (default): the hand-derived reverse pass of :mod:`labkit.adjoint`
     (weights updated in place and reconstructed backwards; only vectors are stored per step).
     ``mode="reverse"``: autograd through the unrolled loop (the reference; stores W at every
-    step: memory grows with the episode length). ``mode="forward"``: forward-mode (torch.func.jvp), one
+    step: memory grows with the episode length). ``compile=True`` (adjoint only) runs the
+    adjoint's steps through ``torch.compile``. ``mode="forward"``: forward-mode (torch.func.jvp), one
     tangent per active term, vectorised with vmap; memory stays flat as the episode grows,
     cost grows with the number of active terms.
     """
     theta = theta.detach()
+    if compile and mode != "adjoint":
+        raise ValueError("compile=True works with mode='adjoint' only")
     if mode == "adjoint":
         from .adjoint import meta_gradient_adjoint
 
-        return meta_gradient_adjoint(theta, ep)
+        return meta_gradient_adjoint(theta, ep, compile=compile)
     if mode == "reverse":
         th = theta.clone().requires_grad_(True)
         with torch.enable_grad(), ops.deferred_weight_grads():

@@ -51,7 +51,7 @@ import torch
 from . import __version__
 from .data import EpisodeSampler, load_dataset, split_classes, stack_episodes
 from .feedback import FEEDBACK_KINDS, init_feedback
-from .learner import Episodic, meta_gradient, online_train
+from .learner import GRAD_MODES, Episodic, meta_gradient, online_train
 from .metrics import alignment_angles, orthonormality, query_loss_and_accuracy, weight_angles
 from .networks import BETA, init_weights
 from .results import HistoryWriter, write_config, write_json_atomic, write_theta
@@ -95,7 +95,8 @@ class MetaConfig:
     meta_lr: float = 1e-3
     theta0: float = 1e-3
     seed: int = 0
-    grad_mode: str = "reverse"
+    grad_mode: str = "adjoint"
+    compile: bool = False  # torch.compile the adjoint's steps (grad_mode "adjoint" only)
     clip: float | None = 10.0
     explosive: str = "skip"  # what to do with a meta-gradient above clip x recent median: "skip" or "clip"
     warmup: int | None = None  # None -> 20 episodes for rules with several terms, 0 for one term
@@ -123,7 +124,8 @@ class MetaConfig:
             (c.trials >= 1, f"trials must be >= 1, got {c.trials}"),
             (c.lam >= 0, f"lambda (L1 strength) must be >= 0, got {c.lam}"),
             (c.meta_lr > 0, f"meta learning rate must be > 0, got {c.meta_lr}"),
-            (c.grad_mode in ("reverse", "forward"), f"grad mode must be 'reverse' or 'forward', got {c.grad_mode!r}"),
+            (c.grad_mode in GRAD_MODES, f"grad mode must be one of {', '.join(GRAD_MODES)}, got {c.grad_mode!r}"),
+            (not c.compile or c.grad_mode == "adjoint", "compile works with grad mode 'adjoint' only"),
             (c.clip is None or c.clip > 0, f"clip must be > 0 (or off), got {c.clip}"),
             (c.explosive in ("skip", "clip"), f"explosive must be 'skip' or 'clip', got {c.explosive!r}"),
             (c.warmup >= 0, f"warmup must be >= 0 episodes, got {c.warmup}"),
@@ -400,7 +402,7 @@ class MetaTrainer:
         idx = torch.tensor(live)
         ep = self.draw(live)
         theta = self.theta[idx]
-        mg = meta_gradient(theta, ep, c.grad_mode)
+        mg = meta_gradient(theta, ep, c.grad_mode, compile=c.compile)
         active = self.active.to(self.dtype)
         grad = (mg.grad + c.lam * torch.sign(theta)) * active
         finite = torch.isfinite(mg.loss) & torch.isfinite(grad).all(-1)

@@ -298,12 +298,13 @@ def test_online_train_does_not_modify_its_inputs():
 # ------------------------------------------- 3. meta-gradient = central finite differences
 
 
+@pytest.mark.parametrize("mode", ["reverse", "adjoint"])
 @pytest.mark.parametrize("feedback", ["fa", "bp", "dfa"])
 @pytest.mark.parametrize("rule", ["pool", "bio"])
-def test_reverse_meta_gradient_matches_central_finite_differences(rule, feedback):
+def test_meta_gradient_matches_central_finite_differences(rule, feedback, mode):
     ep = make_episode(SMALL, feedback, rule, T=2, N=6, seed=1)
     theta = make_theta(2, seed=2)
-    res = meta_gradient(theta, ep, mode="reverse")
+    res = meta_gradient(theta, ep, mode=mode)
     grad = res[2]
     active = ep.rule.terms
     h = 1e-5
@@ -414,13 +415,14 @@ def test_feedback_alignment_with_B_equal_W_transpose_is_backprop():
 # ------------------------------------------------ 6./7. batched trials and trial independence
 
 
+@pytest.mark.parametrize("mode", ["adjoint", "reverse"])
 @pytest.mark.parametrize("feedback,rule", [("fa", "pool"), ("dfa", "bio"), ("bp", "bp")])
-def test_batched_trials_give_the_same_numbers_as_trials_run_one_by_one(feedback, rule):
+def test_batched_trials_give_the_same_numbers_as_trials_run_one_by_one(feedback, rule, mode):
     ep = make_episode(SMALL, feedback, rule, T=3, N=6, seed=6)
     theta = make_theta(3, seed=7)
-    together = meta_gradient(theta, ep)
+    together = meta_gradient(theta, ep, mode=mode)
     for i in range(3):
-        alone = meta_gradient(theta[i : i + 1], slice_episode(ep, i))
+        alone = meta_gradient(theta[i : i + 1], slice_episode(ep, i), mode=mode)
         torch.testing.assert_close(alone[0], together[0][i : i + 1], rtol=1e-12, atol=1e-13)
         torch.testing.assert_close(alone[1], together[1][i : i + 1])
         torch.testing.assert_close(alone[2], together[2][i : i + 1], rtol=1e-10, atol=1e-13)

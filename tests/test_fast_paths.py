@@ -206,9 +206,9 @@ def theta_for(T, seed, dtype=DT):
 def test_meta_gradient_with_fast_ops_equals_reference_ops_float64(rule, feedback):
     ep = episode((12, 9, 7, 5), feedback, rule, seed=1)
     theta = theta_for(2, seed=2)
-    fast = meta_gradient(theta, ep)
+    fast = meta_gradient(theta, ep, mode="reverse")
     with ops.reference_ops():
-        ref = meta_gradient(theta, ep)
+        ref = meta_gradient(theta, ep, mode="reverse")
     torch.testing.assert_close(fast[0], ref[0], rtol=1e-13, atol=1e-14)  # loss
     torch.testing.assert_close(fast[1], ref[1])  # accuracy
     torch.testing.assert_close(fast[2], ref[2], rtol=1e-11, atol=1e-13)  # meta-gradient
@@ -219,9 +219,77 @@ def test_meta_gradient_with_fast_ops_equals_reference_ops_float32_paper_first_la
     # the paper's 784 -> 170 first layer, where the fast forms matter, in float32
     ep = episode((784, 170, 5), "fa", "pool", T=1, N=3, Q=6, seed=3, dtype=torch.float32)
     theta = theta_for(1, seed=4, dtype=torch.float32)
-    fast = meta_gradient(theta, ep)
+    fast = meta_gradient(theta, ep, mode="reverse")
     with ops.reference_ops():
-        ref = meta_gradient(theta, ep)
+        ref = meta_gradient(theta, ep, mode="reverse")
     torch.testing.assert_close(fast[0], ref[0], rtol=1e-5, atol=1e-6)
     scale = ref[2].abs().max()
     torch.testing.assert_close(fast[2], ref[2], rtol=1e-3, atol=1e-4 * float(scale))
+
+
+# ------------------------------- the hand-derived reverse pass (labkit.adjoint) = autograd
+
+ALL_TERMS_PER_LAYER = [[1, 3, 4], [0, 5, 8], [2, 6, 7, 9]]
+
+
+@pytest.mark.parametrize("feedback", ["fa", "bp", "dfa"])
+@pytest.mark.parametrize(
+    "rule", ["pool", "bio", "fa", "ehebb", "oja", "3,4", ALL_TERMS_PER_LAYER, [[0], [0, 2], [9]]],
+    ids=["pool", "bio", "fa", "ehebb", "oja", "decay+broadcast", "every-term-somewhere", "per-layer"],
+)
+def test_adjoint_meta_gradient_equals_autograd_through_the_unrolled_loop_float64(rule, feedback):
+    ep = episode((12, 9, 7, 5), feedback, rule, N=8, seed=5)
+    theta = theta_for(2, seed=6)
+    adj = meta_gradient(theta, ep, mode="adjoint")
+    ref = meta_gradient(theta, ep, mode="reverse")
+    torch.testing.assert_close(adj.loss, ref.loss, rtol=1e-13, atol=1e-14)
+    torch.testing.assert_close(adj.accuracy, ref.accuracy)
+    torch.testing.assert_close(adj.grad, ref.grad, rtol=1e-10, atol=1e-13)
+    for a, r in zip(adj.Ws, ref.Ws):
+        torch.testing.assert_close(a, r, rtol=1e-13, atol=1e-14)
+    active = list(ep.rule.terms)
+    assert adj.grad[:, active].abs().min() > 1e-8, "every active term should get a nonzero gradient"
+    inactive = [r for r in range(N_TERMS) if r not in active]
+    assert (adj.grad[:, inactive] == 0).all()
+
+
+def test_adjoint_meta_gradient_equals_autograd_float32_paper_first_layer():
+    ep = episode((784, 170, 5), "fa", "bio", T=2, N=20, Q=6, seed=3, dtype=torch.float32)
+    theta = theta_for(2, seed=4, dtype=torch.float32) * 0.1
+    adj = meta_gradient(theta, ep, mode="adjoint")
+    ref = meta_gradient(theta, ep, mode="reverse")
+    torch.testing.assert_close(adj.loss, ref.loss, rtol=1e-5, atol=1e-6)
+    scale = float(ref.grad.abs().max())
+    torch.testing.assert_close(adj.grad, ref.grad, rtol=1e-3, atol=1e-4 * scale)
+
+
+def test_adjoint_leaves_the_episode_weights_untouched():
+    ep = episode((12, 9, 5), "bp", "pool", seed=7)
+    before = [W.clone() for W in ep.Ws]
+    meta_gradient(theta_for(2, seed=8), ep, mode="adjoint")
+    for W, b in zip(ep.Ws, before):
+        assert torch.equal(W, b)
+
+
+def test_adjoint_reports_a_non_finite_gradient_when_the_inner_loop_overflows():
+    ep = episode((12, 9, 5), "fa", "oja", N=30, seed=9, dtype=torch.float32)
+    theta = torch.zeros(2, N_TERMS)
+    theta[:, 0], theta[:, 9] = 1e3, -1e3
+    adj = meta_gradient(theta, ep, mode="adjoint")
+    assert not torch.isfinite(adj.grad).all()
+
+
+def test_compiled_adjoint_steps_give_the_eager_meta_gradient():
+    # torch.compile fuses each step's vector algebra; the numbers must not change beyond rounding
+    ep = episode((12, 9, 7, 5), "fa", "pool", N=8, seed=11)
+    theta = theta_for(2, seed=12)
+    eager = meta_gradient(theta, ep, mode="adjoint")
+    compiled = meta_gradient(theta, ep, mode="adjoint", compile=True)
+    torch.testing.assert_close(compiled.loss, eager.loss, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(compiled.grad, eager.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_compile_is_refused_outside_the_adjoint_mode():
+    ep = episode((12, 9, 5), "fa", "bio", seed=13)
+    with pytest.raises(ValueError, match="adjoint"):
+        meta_gradient(theta_for(2, seed=1), ep, mode="reverse", compile=True)

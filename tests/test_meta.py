@@ -79,8 +79,8 @@ def test_a_diverging_trial_is_stopped_and_the_others_go_on(tmp_path, monkeypatch
     real = learner.meta_gradient
     calls = []
 
-    def poisoned(theta, ep, mode="reverse"):
-        out = real(theta, ep, mode)
+    def poisoned(theta, ep, mode="adjoint", compile=False):
+        out = real(theta, ep, mode, compile=compile)
         calls.append(1)
         if theta.shape[0] == 2 and len(calls) >= 2:  # trial 1, from episode 2 on
             loss = out.loss.clone()
@@ -244,8 +244,8 @@ def test_an_explosive_meta_gradient_is_skipped_and_clipping_is_the_fallback(tmp_
     real = learner.meta_gradient
     calls = []
 
-    def exploding(theta, ep, mode="reverse"):
-        out = real(theta, ep, mode)
+    def exploding(theta, ep, mode="adjoint", compile=False):
+        out = real(theta, ep, mode, compile=compile)
         calls.append(1)
         if len(calls) in (7, 9):  # two episodes whose inner loop "blew up"
             return learner.MetaGradient(out.loss, out.accuracy, out.grad * 1e6, out.Ws)
