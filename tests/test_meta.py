@@ -264,3 +264,11 @@ def test_an_explosive_meta_gradient_is_skipped_and_clipping_is_the_fallback(tmp_
     clipped.run(progress=False)
     hc = read_history(tmp_path / "clip").set_index("episode")
     assert hc.loc[7, "guarded"] == "clip" and (hc.loc[8, theta_cols] != hc.loc[7, theta_cols]).any()
+
+
+def test_running_trials_chunk_by_chunk_changes_no_number(tmp_path):
+    whole = MetaTrainer(tiny(rule="bio", episodes=3, trials=3, chunk=3), out=tmp_path / "whole").run(progress=False)
+    chunked = MetaTrainer(tiny(rule="bio", episodes=3, trials=3, chunk=2), out=tmp_path / "chunked").run(progress=False)
+    np.testing.assert_allclose(chunked.theta, whole.theta, rtol=1e-6, atol=1e-9)
+    a, b = read_history(tmp_path / "whole"), read_history(tmp_path / "chunked")
+    np.testing.assert_allclose(b.meta_loss.to_numpy(), a.meta_loss.to_numpy(), rtol=1e-5)
