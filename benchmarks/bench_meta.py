@@ -3,7 +3,8 @@
 
 Times one meta-training episode at the paper configuration: network 784-170-130-100-70-47,
 M=5 classes x K=50 online samples (250 plasticity steps), Q=10 query images per class (50),
-feedback alignment ("fa"), exact meta-gradient (``labkit.learner.meta_gradient``).
+feedback alignment ("fa"), exact meta-gradient (``labkit.learner.meta_gradient``) in the
+modes given by ``--modes`` ("compiled" = mode "adjoint" with ``compile=True``).
 
 One measured unit = for T batched trials: draw fresh forward weights and feedback matrices
 (``init_weights`` + ``init_feedback``), one ``meta_gradient`` call (inner loop + gradient

@@ -85,12 +85,12 @@ def _add(acc: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
     return x if acc is None else acc + x
 
 
-def _addlr(W: torch.Tensor, P: torch.Tensor, Q: torch.Tensor) -> None:
-    """W += P Q in place for P (T, n, k), Q (T, k, m)."""
+def _addlr(W: torch.Tensor, P: torch.Tensor, Q: torch.Tensor, sign: float = 1.0) -> None:
+    """W += sign P Q in place for P (T, n, k), Q (T, k, m)."""
     if P.shape[-1] == 1:
-        W.addcmul_(P, Q)
+        W.addcmul_(P, Q, value=sign)
     else:
-        W.baddbmm_(P, Q)
+        W.baddbmm_(P, Q, alpha=sign)
 
 
 class _Layer:
@@ -123,6 +123,7 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
     layers = [_Layer(tuple(ts)) for ts in layer_terms]
     L = len(layers)
     lo = 0 if layers[0].pre_err else 1
+    any_decay = any(lay.decay for lay in layers)
 
     def forward(Ws, Bs, x, onehot, theta):
         th = [theta[:, r : r + 1] for r in range(N_TERMS)]  # (T, 1) each
@@ -192,13 +193,13 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
         # Every layer read the pre-update weights in forward(); apply (sign=1) or undo
         # (sign=-1) the step's updates in place. Kept out of the compiled functions: a
         # compiled in-place update becomes an out-of-place one plus a copy (two extra passes).
-        keep = (1.0 - theta[:, 3:4]).unsqueeze(-1)
+        keep = (1.0 - theta[:, 3:4]).unsqueeze(-1) if any_decay else None
         for i in range(L):
             Pm, Qm = saved[i][6], saved[i][7]
             if layers[i].decay and sign > 0:
                 Ws[i].mul_(keep)
             if Pm is not None:
-                _addlr(Ws[i], Pm, Qm if sign > 0 else -Qm)
+                _addlr(Ws[i], Pm, Qm, sign)
             if layers[i].decay and sign < 0:
                 Ws[i].div_(keep)
 
@@ -327,7 +328,7 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
 
     def grad_update(Wbar, theta, factors) -> None:
         """Wbar_t = (1 - th3) Wbar_{t+1} + left right, in place."""
-        keep = (1.0 - theta[:, 3:4]).unsqueeze(-1)
+        keep = (1.0 - theta[:, 3:4]).unsqueeze(-1) if any_decay else None
         for i in range(L):
             if layers[i].decay:
                 Wbar[i].mul_(keep)

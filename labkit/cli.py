@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--episodes", type=int, default=DEFAULT_EPISODES, help="meta-training episodes")
     d.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help="independent trials, run batched")
     d.add_argument("--lam", "--lambda", dest="lam", type=float, default=None, help="L1 strength (default: 1e-3 for pool, else 0)")
+    d.add_argument("--l1", default="coupled", choices=("coupled", "proximal"),
+                   help="how L1 acts: coupled (lam*sign(theta) added to the meta-gradient, the paper's "
+                        "loss) or proximal (soft-thresholding after each Adam step; lam in units of Adam's step)")
     d.add_argument("--meta-lr", type=float, default=1e-3, help="Adam learning rate on theta")
     d.add_argument("--seed", type=int, default=0, help="one seed fixes everything")
     d.add_argument("--out", default=None, help="results folder (default: runs/<rule>_<feedback>_<dataset>_s<seed>)")
@@ -151,7 +154,7 @@ def cmd_discover(a: argparse.Namespace) -> int:
         dataset=a.dataset, data_root=a.data_root, download=a.download, input_scale=a.input_scale,
         rule=rule, feedback=a.feedback, hidden=a.hidden, M=a.M, K=a.K, Q=a.Q,
         remap_labels=a.remap_labels, test_classes=a.test_classes, episodes=a.episodes, trials=a.trials,
-        lam=a.lam, meta_lr=a.meta_lr, seed=a.seed, grad_mode=a.grad_mode, compile=a.compile, clip=a.clip, explosive=a.explosive, warmup=a.warmup,
+        lam=a.lam, l1=a.l1, meta_lr=a.meta_lr, seed=a.seed, grad_mode=a.grad_mode, compile=a.compile, clip=a.clip, explosive=a.explosive, warmup=a.warmup,
         skip_nonfinite=a.skip_nonfinite, term_scaling=a.term_scaling, patience=a.patience, checkpoint_every=a.checkpoint_every,
         dtype=a.dtype, threads=a.threads, chunk=a.chunk,
     )

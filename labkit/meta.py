@@ -92,6 +92,7 @@ class MetaConfig:
     episodes: int = 600
     trials: int = 4
     lam: float | None = None  # L1 strength; None -> DEFAULT_LAMBDA.get(rule, 0)
+    l1: str = "coupled"  # "coupled": lam*sign(theta) joins the meta-gradient; "proximal": see MetaTrainer.step
     meta_lr: float = 1e-3
     theta0: float = 1e-3
     seed: int = 0
@@ -124,6 +125,7 @@ class MetaConfig:
             (c.episodes >= 1, f"episodes must be >= 1, got {c.episodes}"),
             (c.trials >= 1, f"trials must be >= 1, got {c.trials}"),
             (c.lam >= 0, f"lambda (L1 strength) must be >= 0, got {c.lam}"),
+            (c.l1 in ("coupled", "proximal"), f"l1 must be 'coupled' or 'proximal', got {c.l1!r}"),
             (c.meta_lr > 0, f"meta learning rate must be > 0, got {c.meta_lr}"),
             (c.grad_mode in GRAD_MODES, f"grad mode must be one of {', '.join(GRAD_MODES)}, got {c.grad_mode!r}"),
             (not c.compile or c.grad_mode == "adjoint", "compile works with grad mode 'adjoint' only"),
@@ -228,6 +230,11 @@ class RunSummary:
         if self.out is not None:
             lines.append(f"results in {self.out}")
         return "\n".join(lines)
+
+
+def lam_scale(lr_scale: float | torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """The per-coordinate learning-rate multiplier (warm-up x term scale) as a (T, R) tensor."""
+    return torch.as_tensor(lr_scale, dtype=theta.dtype).expand_as(theta)
 
 
 def _meta_gradient(theta: torch.Tensor, ep: Episodic, c: MetaConfig):
@@ -430,7 +437,8 @@ class MetaTrainer:
         theta = self.theta[idx]
         mg = _meta_gradient(theta, ep, c)
         active = self.active.to(self.dtype)
-        grad = (mg.grad + c.lam * torch.sign(theta)) * active
+        l1_grad = c.lam * torch.sign(theta) if c.l1 == "coupled" else 0.0
+        grad = (mg.grad + l1_grad) * active
         finite = torch.isfinite(mg.loss) & torch.isfinite(grad).all(-1)
         notes = [""] * len(live)
         take = torch.ones(len(live), dtype=torch.bool)
@@ -480,6 +488,16 @@ class MetaTrainer:
         full_take = torch.zeros(c.trials, dtype=torch.bool)
         full_take[idx] = take
         self.theta = self.adam.step(self.theta, full_grad, full_take, lr_scale)
+        if c.l1 == "proximal" and c.lam > 0:
+            # Decoupled (proximal) L1: after Adam's step, move each coefficient towards 0 by
+            # lam x its own step size, stopping at 0 (soft thresholding). Adam divides the
+            # meta-gradient by its running scale, and near good rules that scale is 1e1-1e5
+            # (steep, chaotic inner loops), so a penalty added to the gradient (coupled) is
+            # lost in it; here lam is in units of Adam's normalised step: a term survives only
+            # if its meta-gradient pushes it away from 0 more consistently than lam.
+            shrink = self.adam.lr * lam_scale(lr_scale, self.theta) * c.lam
+            moved = torch.sign(self.theta) * torch.clamp(self.theta.abs() - shrink, min=0.0)
+            self.theta = torch.where(full_take[:, None] & (active > 0), moved, self.theta)
 
         # measurements on the query batch with the adapted weights
         with torch.no_grad():

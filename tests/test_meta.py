@@ -272,3 +272,17 @@ def test_running_trials_chunk_by_chunk_changes_no_number(tmp_path):
     np.testing.assert_allclose(chunked.theta, whole.theta, rtol=1e-6, atol=1e-9)
     a, b = read_history(tmp_path / "whole"), read_history(tmp_path / "chunked")
     np.testing.assert_allclose(b.meta_loss.to_numpy(), a.meta_loss.to_numpy(), rtol=1e-5)
+
+
+def test_proximal_l1_sets_weak_terms_exactly_to_zero_and_coupled_l1_does_not():
+    # A large proximal lambda soft-thresholds after every Adam step: coefficients whose
+    # meta-gradient does not push them out consistently end at exactly 0.
+    prox = MetaTrainer(tiny(rule="pool", lam=2.0, l1="proximal", episodes=6, trials=1)).run(progress=False)
+    assert (prox.theta[0, 1:] == 0).sum() >= 5
+    coupled = MetaTrainer(tiny(rule="pool", lam=2.0, l1="coupled", episodes=6, trials=1)).run(progress=False)
+    assert (coupled.theta[0, 1:] == 0).sum() == 0
+
+
+def test_an_unknown_l1_mode_is_refused():
+    with pytest.raises(ValueError, match="l1"):
+        tiny(rule="pool", l1="sideways").resolved()
