@@ -172,8 +172,9 @@ print(f"max |fused - reference| = {(fused - reference).abs().max().item():.2e}")
 #
 # **Outer loop.** The final weights $W^{(MK)}$ depend on $\theta$ through all $MK$ updates, so
 # the **exact meta-gradient** $\partial \mathcal{L} / \partial \theta$ is obtained by
-# differentiating through the whole unrolled inner loop (`labkit.learner.meta_gradient`,
-# reverse-mode autograd; no truncation, no first-order shortcut). The L1 term adds
+# differentiating through the whole unrolled inner loop (`labkit.learner.meta_gradient`: a
+# reverse pass derived by hand in `labkit/adjoint.py`, tested equal to autograd's; no
+# truncation, no first-order shortcut). The L1 term adds
 # $\lambda\,\mathrm{sign}(\theta_r)$ (zero while $\theta_r = 0$). Adam (learning rate $10^{-3}$)
 # then takes one step per episode, starting from $\theta_0 = 10^{-3}$, $\theta_{r>0} = 0$.
 #
