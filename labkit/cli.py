@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--l1", default="coupled", choices=("coupled", "proximal"),
                    help="how L1 acts: coupled (lam*sign(theta) added to the meta-gradient, the paper's "
                         "loss) or proximal (soft-thresholding after each Adam step; lam in units of Adam's step)")
-    d.add_argument("--meta-lr", type=float, default=1e-3, help="Adam learning rate on theta")
+    d.add_argument("--meta-lr", type=float, default=None,
+                   help="Adam learning rate on theta (default: 3e-4 for pool, else 1e-3)")
     d.add_argument("--seed", type=int, default=0, help="one seed fixes everything")
     d.add_argument("--out", default=None, help="results folder (default: runs/<rule>_<feedback>_<dataset>_s<seed>)")
     d.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
