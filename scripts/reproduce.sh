@@ -13,6 +13,7 @@ TRIALS=${TRIALS:-8}
 EPISODES=${EPISODES:-300}
 SEED=${SEED:-0}
 POOL_LAMBDA=${POOL_LAMBDA:-}
+COMPILE=${COMPILE---compile}  # torch.compile the inner loop (~1.5x faster); COMPILE= to run eager
 LK=.venv/bin/labkit
 
 run() {  # [EPISODES=N] run NAME ARGS...: one meta-training run into results/NAME, resumed if interrupted
@@ -26,7 +27,7 @@ run() {  # [EPISODES=N] run NAME ARGS...: one meta-training run into results/NAM
     fi
     local resume=""
     [ -f "$out/checkpoint.pt" ] && resume="--resume"
-    $LK discover --trials "$TRIALS" --episodes "$EPISODES" --seed "$SEED" --threads 1 --quiet --out "$out" $resume "$@"
+    $LK discover --trials "$TRIALS" --episodes "$EPISODES" --seed "$SEED" --threads 1 --quiet $COMPILE --out "$out" $resume "$@"
 }
 
 queue_a() {
