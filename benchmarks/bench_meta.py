@@ -9,7 +9,7 @@ modes given by ``--modes`` ("compiled" = mode "adjoint" with ``compile=True``).
 One measured unit = for T batched trials: draw fresh forward weights and feedback matrices
 (``init_weights`` + ``init_feedback``), one ``meta_gradient`` call (inner loop + gradient
 through it) and one Adam step on theta (included; it is negligible). The reported time is
-the median over ``--repeats`` units (after one warm-up unit) divided by T.
+the median over ``--repeats`` units (after ``--warmup`` untimed units) divided by T.
 
 Inputs are random (uniform [0, 1) * 0.75) with random labels: timing does not depend on
 the pixel values, and no data set is read. Every configuration runs in a fresh
@@ -304,7 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rules", default=",".join(RULES), help="comma-separated rules (default fa,bio,pool)")
     ap.add_argument("--trials", default="1,4,16", help="batched trial counts T on CPU (default 1,4,16)")
     ap.add_argument("--threads", default="1,all", help="thread counts, 'all' = usable cores (default 1,all)")
-    ap.add_argument("--repeats", type=int, default=3, help="timed units per config, after 1 warm-up (default 3)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed units per config, after the warm-up (default 3)")
+    ap.add_argument("--warmup", type=int, default=3,
+                    help="untimed units per config first (default 3: on this CPU the first few episodes of a "
+                         "process run up to 2x slower than the steady state a long run sees)")
     ap.add_argument("--K-sweep", dest="k_sweep", action=argparse.BooleanOptionalAction, default=True,
                     help="memory/time vs K for bio, T=1, 1 thread, adjoint, reverse and forward mode (default on)")
     ap.add_argument("--K-values", default="25,50,100", help="K values of the K sweep (default 25,50,100)")
@@ -344,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else HERE / "results" / f"bench_{host}.json"
 
     base = dict(sizes=list(PAPER_SIZES), M=5, K=50, Q=10, feedback="fa", dtype=args.dtype,
-                warmup=1, repeats=repeats, seed=0, mode=modes[0], device="cpu")
+                warmup=max(1, args.warmup), repeats=repeats, seed=0, mode=modes[0], device="cpu")
     configs = [dict(base, rule=r, T=T, threads=n, mode=m) for r in rules for m in modes for n in threads for T in trials]
     ksweep = ([dict(base, rule="bio", T=1, threads=1, K=K, mode=m) for K in k_values for m in ("adjoint", "reverse", "forward")]
               if args.k_sweep else [])
@@ -358,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
           f"feedback fa, meta-gradient modes {','.join(modes)}, {args.dtype}")
     print(f"data: {DATA_NOTE}")
     print("unit = init_weights + init_feedback + meta_gradient + Adam step (Adam included) for T trials; "
-          f"time = median of {repeats} unit(s) after 1 warm-up, / T; peak MB = peak RSS increase of the "
+          f"time = median of {repeats} unit(s) after {base['warmup']} warm-up unit(s), / T; peak MB = peak RSS increase of the "
           "child process over its RSS before the first episode (GPU rows: peak allocated GPU memory)")
     print(f"{len(configs)} CPU config(s), {len(ksweep)} K-sweep config(s), "
           f"{len(cuda_cfgs) if cuda_cfgs else 'no'} GPU config(s); each in a fresh subprocess", flush=True)
