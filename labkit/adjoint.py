@@ -85,6 +85,15 @@ def _add(acc: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
     return x if acc is None else acc + x
 
 
+def _weighted(th: list, ts: set, pairs) -> torch.Tensor | None:
+    """sum of th[r] * factor over the (r, factor) pairs with r in ts (factor None means 1)."""
+    out = None
+    for r, factor in pairs:
+        if r in ts:
+            out = _add(out, th[r] if factor is None else th[r] * factor)
+    return out
+
+
 def _addlr(W: torch.Tensor, P: torch.Tensor, Q: torch.Tensor, sign: float = 1.0) -> None:
     """W += sign P Q in place for P (T, n, k), Q (T, k, m)."""
     if P.shape[-1] == 1:
@@ -158,24 +167,14 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
             P, Q = [], []
             alpha = kappa = None
             if lay.a:
-                if 0 in lay.ts:
-                    alpha = th[0]
-                if 5 in lay.ts:
-                    alpha = _add(alpha, th[5] * S)
-                if 7 in lay.ts:
-                    alpha = _add(alpha, th[7] * s6)
+                alpha = _weighted(th, lay.ts, ((0, None), (5, S), (7, s6)))
                 a = None if alpha is None else -alpha * pre
                 if 2 in lay.ts:
                     a = _add(a, -th[2] * e_pre)
                 P.append(e_post)
                 Q.append(a)
             if lay.b:
-                if 1 in lay.ts:
-                    kappa = th[1]
-                if 6 in lay.ts:
-                    kappa = _add(kappa, th[6] * s6)
-                if 8 in lay.ts:
-                    kappa = _add(kappa, th[8] * s8)
+                kappa = _weighted(th, lay.ts, ((1, None), (6, s6), (8, s8)))
                 b = None if kappa is None else -kappa * e_pre
                 if 9 in lay.ts:
                     b = _add(b, th[9] * (pre - u))
