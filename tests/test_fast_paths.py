@@ -293,3 +293,20 @@ def test_compile_is_refused_outside_the_adjoint_mode():
     ep = episode((12, 9, 5), "fa", "bio", seed=13)
     with pytest.raises(ValueError, match="adjoint"):
         meta_gradient(theta_for(2, seed=1), ep, mode="reverse", compile=True)
+
+
+def test_a_failing_compiler_gives_an_error_that_says_to_run_without_compile(monkeypatch):
+    import labkit.adjoint as adjoint
+
+    class FakeCompileError(Exception):
+        pass
+
+    FakeCompileError.__module__ = "torch._inductor.exc"
+
+    def broken(*args):
+        raise FakeCompileError("InvalidCxxCompiler: no working C++ compiler found")
+
+    monkeypatch.setitem(adjoint._COMPILED, (((0,), (0,)), "fa", 10.0), (broken, None, None, None))
+    ep = episode((12, 9, 5), "fa", "fa", seed=1)
+    with pytest.raises(RuntimeError, match="without --compile"):
+        meta_gradient(theta_for(2, seed=1), ep, mode="adjoint", compile=True)
