@@ -58,22 +58,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .feedback import check_kind
 from .metrics import query_loss_and_accuracy
 from .networks import softplus
+from .ops import rows_times_W, rows_times_Wt
 from .rules import N_TERMS, USES_PRE_ERROR
 
 if TYPE_CHECKING:  # pragma: no cover
     from .learner import Episodic
-
-
-def _mv(W: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """W v for W (T, n, m), v (T, m) -> (T, n), in the row form that is fast on CPU."""
-    return torch.bmm(v.unsqueeze(1), W.transpose(1, 2)).squeeze(1)
-
-
-def _vm(v: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    """W^T v for W (T, n, m), v (T, n) -> (T, m)."""
-    return torch.bmm(v.unsqueeze(1), W).squeeze(1)
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -122,9 +114,10 @@ class _Layer:
 def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float):
     """One plasticity step forward and its adjoint, as two plain functions for one rule.
 
-    ``forward(Ws, Bs, x, onehot, theta)`` returns the step's tape (activities, errors and
-    the update's factors); ``update(Ws, theta, saved, +1 | -1)`` applies or undoes the
-    step's update in place; ``backward(Ws, Wbar, Bs, theta, tape)`` returns the step's
+    ``th`` is theta's columns, ten (T, 1) tensors, and ``keep`` = 1 - theta_3, (T, 1, 1).
+    ``forward(Ws, Bs, x, onehot, th)`` returns the step's tape (activities, errors and
+    the update's factors); ``update(Ws, keep, saved, +1 | -1)`` applies or undoes the
+    step's update in place; ``backward(Ws, Wbar, Bs, th, tape)`` returns the step's
     (T, 10) contribution to d loss / d theta and the factors that ``grad_update`` adds to
     the weight gradient. Which terms act where is fixed here, so ``forward`` and
     ``backward`` contain no data-dependent branches (``torch.compile`` fuses them whole).
@@ -132,14 +125,12 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
     layers = [_Layer(tuple(ts)) for ts in layer_terms]
     L = len(layers)
     lo = 0 if layers[0].pre_err else 1
-    any_decay = any(lay.decay for lay in layers)
 
-    def forward(Ws, Bs, x, onehot, theta):
-        th = [theta[:, r : r + 1] for r in range(N_TERMS)]  # (T, 1) each
+    def forward(Ws, Bs, x, onehot, th):
         ys = [x]
         zs = []
         for i in range(L):
-            z = _mv(Ws[i], ys[i])
+            z = rows_times_Wt(ys[i], Ws[i])
             zs.append(z)
             ys.append(softplus(z, beta) if i < L - 1 else torch.softmax(z, dim=-1))
         es: list = [None] * (L + 1)
@@ -148,11 +139,11 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
         es[L] = ys[L] - onehot
         for j in range(L - 1, lo - 1, -1):
             if kind == "fa":
-                g = _mv(Bs[j], es[j + 1])
+                g = rows_times_Wt(es[j + 1], Bs[j])
             elif kind == "bp":
-                g = _vm(es[j + 1], Ws[j])
+                g = rows_times_W(es[j + 1], Ws[j])
             else:
-                g = _mv(Bs[j], es[L])
+                g = rows_times_Wt(es[L], Bs[j])
             d = -torch.expm1(ys[j] * -beta)
             gs[j], ds[j] = g, d
             es[j] = g * d
@@ -160,7 +151,7 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
         for i in range(L):
             lay = layers[i]
             pre, post, e_pre, e_post = ys[i], ys[i + 1], es[i], es[i + 1]
-            u = _vm(post, Ws[i]) if lay.u else None
+            u = rows_times_W(post, Ws[i]) if lay.u else None
             s6 = _dot(u, e_pre) if lay.s6 else None
             S = post.sum(-1, keepdim=True) if 5 in lay.ts else None
             s8 = _dot(e_post, zs[i]) if 8 in lay.ts else None
@@ -188,11 +179,10 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
             saved.append((u, s6, S, s8, alpha, kappa, Pm, Qm))
         return ys, zs, es, gs, ds, saved
 
-    def update(Ws, theta, saved, sign: float) -> None:
+    def update(Ws, keep, saved, sign: float) -> None:
         # Every layer read the pre-update weights in forward(); apply (sign=1) or undo
         # (sign=-1) the step's updates in place. Kept out of the compiled functions: a
         # compiled in-place update becomes an out-of-place one plus a copy (two extra passes).
-        keep = (1.0 - theta[:, 3:4]).unsqueeze(-1) if any_decay else None
         for i in range(L):
             Pm, Qm = saved[i][6], saved[i][7]
             if layers[i].decay and sign > 0:
@@ -202,12 +192,11 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
             if layers[i].decay and sign < 0:
                 Ws[i].div_(keep)
 
-    def backward(Ws, Wbar, Bs, theta, tape):
+    def backward(Ws, Wbar, Bs, th, tape):
         """Ws: the step's starting weights (already undone); Wbar: gradient after the step.
         Returns the (T, 10) theta-gradient contribution and, per layer, the rank-<=3 factors
         (left (T, n, k), right (T, k, m)) of Wbar_t - (1 - th3) Wbar_{t+1}."""
         ys, zs, es, gs, ds, saved = tape
-        th = [theta[:, r : r + 1] for r in range(N_TERMS)]
         thbar: list = [None] * N_TERMS
         ys_bar: list = [None] * (L + 1)
         es_bar: list = [None] * (L + 1)
@@ -278,7 +267,7 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
             if pre_bar is not None and i >= 1:
                 ys_bar[i] = _add(ys_bar[i], pre_bar)
             if ubars[i] is not None:
-                ys_bar[i + 1] = _add(ys_bar[i + 1], _mv(Ws[i], ubars[i]))
+                ys_bar[i + 1] = _add(ys_bar[i + 1], rows_times_Wt(ubars[i], Ws[i]))
         # 3. the error pass in reverse (upwards)
         gbars: list = [None] * L
         for j in range(lo, L):
@@ -289,12 +278,12 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
             if j >= 1:
                 ys_bar[j] = _add(ys_bar[j], eb * gs[j] * (1.0 - ds[j]) * beta)
             if kind == "fa":
-                es_bar[j + 1] = _add(es_bar[j + 1], _vm(gbar, Bs[j]))
+                es_bar[j + 1] = _add(es_bar[j + 1], rows_times_W(gbar, Bs[j]))
             elif kind == "bp":
-                es_bar[j + 1] = _add(es_bar[j + 1], _mv(Ws[j], gbar))
+                es_bar[j + 1] = _add(es_bar[j + 1], rows_times_Wt(gbar, Ws[j]))
                 gbars[j] = gbar
             else:
-                es_bar[L] = _add(es_bar[L], _vm(gbar, Bs[j]))
+                es_bar[L] = _add(es_bar[L], rows_times_W(gbar, Bs[j]))
         if es_bar[L] is not None:
             ys_bar[L] = _add(ys_bar[L], es_bar[L])
         # 4. the forward pass in reverse (downwards), and the weight gradient's new factors
@@ -313,7 +302,7 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
                 left.append(zb)
                 right.append(ys[i])
                 if i >= 1:
-                    ys_bar[i] = _add(ys_bar[i], _vm(zb, Ws[i]))
+                    ys_bar[i] = _add(ys_bar[i], rows_times_W(zb, Ws[i]))
             if ubars[i] is not None:
                 left.append(ys[i + 1])
                 right.append(ubars[i])
@@ -325,9 +314,8 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
         zero = torch.zeros_like(th[0])
         return torch.cat([zero if g is None else g for g in thbar], dim=-1), factors
 
-    def grad_update(Wbar, theta, factors) -> None:
+    def grad_update(Wbar, keep, factors) -> None:
         """Wbar_t = (1 - th3) Wbar_{t+1} + left right, in place."""
-        keep = (1.0 - theta[:, 3:4]).unsqueeze(-1) if any_decay else None
         for i in range(L):
             if layers[i].decay:
                 Wbar[i].mul_(keep)
@@ -378,24 +366,26 @@ def meta_gradient_adjoint(theta: torch.Tensor, ep: "Episodic", compile: bool = F
     L = len(ep.Ws)
     if ep.rule.n_layers != L:
         raise ValueError(f"rule has {ep.rule.n_layers} layers but the network has {L}")
-    if ep.feedback not in ("fa", "bp", "dfa"):
-        raise ValueError(f"unknown feedback {ep.feedback!r}; choose one of bp, fa, dfa")
+    check_kind(ep.feedback)
     fwd, upd, bwd, gupd = _steps(tuple(tuple(ts) for ts in ep.rule.layer_terms), ep.feedback, float(ep.beta), compile)
     theta = theta.detach()
     with torch.no_grad():
         Ws = [W.detach().clone().contiguous() for W in ep.Ws]
         Bs = [B.detach() for B in ep.Bs]
-        x, yl = ep.x_train, ep.y_train
-        onehot = torch.nn.functional.one_hot(yl, Ws[-1].shape[1]).to(x.dtype)
-        N = yl.shape[1]
+        # per step: samples (N, T, n_0) and one-hot labels, theta's columns (T, 1), decay factor
+        xs = ep.x_train.transpose(0, 1).contiguous()
+        onehots = torch.nn.functional.one_hot(ep.y_train, Ws[-1].shape[1]).to(xs.dtype).transpose(0, 1).contiguous()
+        th = [theta[:, r : r + 1] for r in range(N_TERMS)]
+        keep = (1.0 - th[3]).unsqueeze(-1)
+        N = xs.shape[0]
         tape = []
         for t in range(N):
-            args = (Ws, Bs, x[:, t].contiguous(), onehot[:, t].contiguous(), theta)
+            args = (Ws, Bs, xs[t], onehots[t], th)
             if compile and t == 0:
                 tape.append(_first_compiled_call(fwd, args))
             else:
                 tape.append(fwd(*args))
-            upd(Ws, theta, tape[-1][5], 1.0)
+            upd(Ws, keep, tape[-1][5], 1.0)
         Wf = [W.clone().requires_grad_(True) for W in Ws]
         with torch.enable_grad():
             loss, acc = query_loss_and_accuracy(Wf, ep.x_query, ep.y_query, ep.beta)
@@ -403,11 +393,8 @@ def meta_gradient_adjoint(theta: torch.Tensor, ep: "Episodic", compile: bool = F
         grad = torch.zeros_like(theta)
         for t in range(N - 1, -1, -1):
             step = tape.pop()
-            upd(Ws, theta, step[5], -1.0)  # W_t = (W_{t+1} - P Q) / (1 - th3)
-            g, factors = bwd(Ws, Wbar, Bs, theta, step)
-            gupd(Wbar, theta, factors)
-            grad += g
-        active = torch.zeros(N_TERMS, dtype=torch.bool)
-        active[list(ep.rule.terms)] = True
-        grad[:, ~active] = 0.0
+            upd(Ws, keep, step[5], -1.0)  # W_t = (W_{t+1} - P Q) / (1 - th3)
+            g, factors = bwd(Ws, Wbar, Bs, th, step)
+            gupd(Wbar, keep, factors)
+            grad += g  # inactive terms get exact zeros from bwd
     return MetaGradient(loss.detach(), acc.detach(), grad, [W.detach() for W in Wf])

@@ -238,11 +238,6 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def lam_scale(lr_scale: float | torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """The per-coordinate learning-rate multiplier (warm-up x term scale) as a (T, R) tensor."""
-    return torch.as_tensor(lr_scale, dtype=theta.dtype).expand_as(theta)
-
-
 def _meta_gradient(theta: torch.Tensor, ep: Episodic, c: MetaConfig):
     """The meta-gradient of T trials, computed ``c.chunk`` trials at a time.
 
@@ -501,7 +496,7 @@ class MetaTrainer:
             # (steep, chaotic inner loops), so a penalty added to the gradient (coupled) is
             # lost in it; here lam is in units of Adam's normalised step: a term survives only
             # if its meta-gradient pushes it away from 0 more consistently than lam.
-            shrink = self.adam.lr * lam_scale(lr_scale, self.theta) * c.lam
+            shrink = self.adam.lr * lr_scale * c.lam  # (R,) per coordinate, broadcast over trials
             moved = torch.sign(self.theta) * torch.clamp(self.theta.abs() - shrink, min=0.0)
             self.theta = torch.where(full_take[:, None] & (active > 0), moved, self.theta)
 
