@@ -111,7 +111,24 @@ class _Layer:
         self.pre_err = bool(s & USES_PRE_ERROR)
 
 
-def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float):
+# Terms whose update of a layer is e_post (-alpha pre)^T with alpha free of W: with only
+# these in the first layer, its weights stay W_0 - sum_s alpha_s e_s x_s^T (kernel form).
+KERNEL_TERMS = frozenset({0, 5})
+
+
+def _kernel_first_layer(terms, N: int, n_in: int, n_out: int) -> bool:
+    """Whether to run the first layer in kernel form (see :func:`meta_gradient_adjoint`).
+
+    Only rules whose first-layer terms are in :data:`KERNEL_TERMS` qualify. Per step the
+    kernel form costs about N * (n_in + n_out) multiply-adds (done in a few large products)
+    against several passes over the n_out x n_in matrix in the dense form, so it is used
+    while N stays below 4 n_in n_out / (n_in + n_out) (559 steps for the paper's 784 -> 170).
+    """
+    ts = set(terms)
+    return bool(ts) and ts <= KERNEL_TERMS and N * (n_in + n_out) <= 4 * n_in * n_out
+
+
+def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float, kernel0: bool = False):
     """One plasticity step forward and its adjoint, as two plain functions for one rule.
 
     ``th`` is theta's columns, ten (T, 1) tensors, and ``keep`` = 1 - theta_3, (T, 1, 1).
@@ -121,16 +138,22 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
     (T, 10) contribution to d loss / d theta and the factors that ``grad_update`` adds to
     the weight gradient. Which terms act where is fixed here, so ``forward`` and
     ``backward`` contain no data-dependent branches (``torch.compile`` fuses them whole).
+
+    ``kernel0``: the first layer runs in kernel form. ``forward`` then takes its
+    pre-activation ``z0`` (T, n_1) instead of reading ``Ws[0]``, ``backward`` takes
+    ``v0`` = Wbar'_0 x_t (T, n_1) instead of reading ``Wbar[0]``, and ``backward`` returns
+    the first layer's weight-gradient factor as the vector zbar_0 (T, n_1) (its right
+    factor is the input x_t); ``update`` and ``grad_update`` leave ``Ws[0]``/``Wbar[0]`` alone.
     """
     layers = [_Layer(tuple(ts)) for ts in layer_terms]
     L = len(layers)
     lo = 0 if layers[0].pre_err else 1
 
-    def forward(Ws, Bs, x, onehot, th):
+    def forward(Ws, Bs, x, onehot, th, z0=None):
         ys = [x]
         zs = []
         for i in range(L):
-            z = rows_times_Wt(ys[i], Ws[i])
+            z = z0 if (kernel0 and i == 0) else rows_times_Wt(ys[i], Ws[i])
             zs.append(z)
             ys.append(softplus(z, beta) if i < L - 1 else torch.softmax(z, dim=-1))
         es: list = [None] * (L + 1)
@@ -151,6 +174,11 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
         for i in range(L):
             lay = layers[i]
             pre, post, e_pre, e_post = ys[i], ys[i + 1], es[i], es[i + 1]
+            if kernel0 and i == 0:  # only alpha (and S) are needed: A[t] = alpha e_post
+                S = post.sum(-1, keepdim=True) if 5 in lay.ts else None
+                alpha = _weighted(th, lay.ts, ((0, None), (5, S)))
+                saved.append((None, None, S, None, alpha, None, None, None))
+                continue
             u = rows_times_W(post, Ws[i]) if lay.u else None
             s6 = _dot(u, e_pre) if lay.s6 else None
             S = post.sum(-1, keepdim=True) if 5 in lay.ts else None
@@ -192,10 +220,11 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
             if layers[i].decay and sign < 0:
                 Ws[i].div_(keep)
 
-    def backward(Ws, Wbar, Bs, th, tape):
+    def backward(Ws, Wbar, Bs, th, tape, v0=None):
         """Ws: the step's starting weights (already undone); Wbar: gradient after the step.
         Returns the (T, 10) theta-gradient contribution and, per layer, the rank-<=3 factors
-        (left (T, n, k), right (T, k, m)) of Wbar_t - (1 - th3) Wbar_{t+1}."""
+        (left (T, n, k), right (T, k, m)) of Wbar_t - (1 - th3) Wbar_{t+1} (kernel0: the
+        first layer's is zbar_0 alone, see above)."""
         ys, zs, es, gs, ds, saved = tape
         thbar: list = [None] * N_TERMS
         ys_bar: list = [None] * (L + 1)
@@ -207,6 +236,16 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
             lay = layers[i]
             u, s6, S, s8, alpha, kappa, Pm, Qm = saved[i]
             pre, post, e_pre, e_post = ys[i], ys[i + 1], es[i], es[i + 1]
+            if kernel0 and i == 0:
+                # a = -alpha x: Wbar' a = -alpha v0 and abar . pre = e_post . v0
+                es_bar[1] = _add(es_bar[1], -alpha * v0)
+                alphabar = -_dot(e_post, v0)
+                if 0 in lay.ts:
+                    thbar[0] = _add(thbar[0], alphabar)
+                if 5 in lay.ts:
+                    thbar[5] = _add(thbar[5], alphabar * S)
+                    ys_bar[1] = _add(ys_bar[1], (th[5] * alphabar).expand_as(post))
+                continue
             Wb = Wbar[i]
             if lay.decay:
                 thbar[3] = _add(thbar[3], -(Ws[i] * Wb).sum((1, 2)).unsqueeze(-1))
@@ -297,6 +336,9 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
                     zb = _add(zb, y * (yb - _dot(yb, y)))
                 else:
                     zb = _add(zb, yb * ds[i + 1])
+            if kernel0 and i == 0:
+                factors[0] = zb  # times x_t^T: only updates, ubar and gbar are absent here
+                continue
             left, right = [], []
             if zb is not None:
                 left.append(zb)
@@ -316,7 +358,7 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
 
     def grad_update(Wbar, keep, factors) -> None:
         """Wbar_t = (1 - th3) Wbar_{t+1} + left right, in place."""
-        for i in range(L):
+        for i in range(1 if kernel0 else 0, L):
             if layers[i].decay:
                 Wbar[i].mul_(keep)
             if factors[i] is not None:
@@ -328,12 +370,12 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
 _COMPILED: dict = {}
 
 
-def _steps(layer_terms, kind: str, beta: float, compile: bool):
+def _steps(layer_terms, kind: str, beta: float, compile: bool, kernel0: bool = False):
     if not compile:
-        return _make_steps(layer_terms, kind, beta)
-    key = (layer_terms, kind, beta)
+        return _make_steps(layer_terms, kind, beta, kernel0)
+    key = (layer_terms, kind, beta) + ((True,) if kernel0 else ())
     if key not in _COMPILED:
-        fwd, upd, bwd, gupd = _make_steps(layer_terms, kind, beta)
+        fwd, upd, bwd, gupd = _make_steps(layer_terms, kind, beta, kernel0)
         _COMPILED[key] = (torch.compile(fwd, dynamic=False), upd, torch.compile(bwd, dynamic=False), gupd)
     return _COMPILED[key]
 
@@ -360,6 +402,16 @@ def meta_gradient_adjoint(theta: torch.Tensor, ep: "Episodic", compile: bool = F
     adapted weights). Same value as ``meta_gradient(theta, ep, "reverse")``. ``compile=True``
     runs each step through ``torch.compile`` (1.3-2x faster for few trials on a CPU, after a
     compilation of 5-35 s per new shape; needs a C++ compiler).
+
+    Kernel form of the first layer. When the first layer's terms are theta_0 and theta_5
+    only (the learning-rate-only rules FA, BP, DFA), its update is
+    e_t (-alpha_t x_t)^T, so W_t = W_0 - sum_{s<t} alpha_s e_s x_s^T and its pre-activation is
+    z_t = W_0 x_t - sum_{s<t} (x_s . x_t) alpha_s e_s: the dense n_1 x n_0 matrix (784 x 170,
+    three quarters of the network) is never updated step by step. The inputs' Gram matrix
+    G = X X^T (N x N) and W_0 X^T are computed once per episode; the weight gradient
+    likewise stays Wbar_K + sum_{s>t} zbar_s x_s^T, so the backward pass needs only
+    Wbar_{t+1} x_t = Wbar_K x_t + sum_{s>t} (x_s . x_t) zbar_s. Same numbers up to rounding
+    (tests/test_fast_paths.py).
     """
     from .learner import MetaGradient
 
@@ -367,34 +419,56 @@ def meta_gradient_adjoint(theta: torch.Tensor, ep: "Episodic", compile: bool = F
     if ep.rule.n_layers != L:
         raise ValueError(f"rule has {ep.rule.n_layers} layers but the network has {L}")
     check_kind(ep.feedback)
-    fwd, upd, bwd, gupd = _steps(tuple(tuple(ts) for ts in ep.rule.layer_terms), ep.feedback, float(ep.beta), compile)
+    layer_terms = tuple(tuple(ts) for ts in ep.rule.layer_terms)
+    N = ep.x_train.shape[1]
+    n1, n0 = ep.Ws[0].shape[1:]
+    kernel0 = _kernel_first_layer(layer_terms[0], N, n0, n1)
+    fwd, upd, bwd, gupd = _steps(layer_terms, ep.feedback, float(ep.beta), compile, kernel0)
     theta = theta.detach()
     with torch.no_grad():
-        Ws = [W.detach().clone().contiguous() for W in ep.Ws]
+        Ws = [W.detach() if (kernel0 and i == 0) else W.detach().clone().contiguous() for i, W in enumerate(ep.Ws)]
         Bs = [B.detach() for B in ep.Bs]
         # per step: samples (N, T, n_0) and one-hot labels, theta's columns (T, 1), decay factor
         xs = ep.x_train.transpose(0, 1).contiguous()
         onehots = torch.nn.functional.one_hot(ep.y_train, Ws[-1].shape[1]).to(xs.dtype).transpose(0, 1).contiguous()
         th = [theta[:, r : r + 1] for r in range(N_TERMS)]
         keep = (1.0 - th[3]).unsqueeze(-1)
-        N = xs.shape[0]
+        if kernel0:
+            X = ep.x_train.detach()  # (T, N, n_0)
+            gram = torch.bmm(X, X.transpose(1, 2))  # (T, N, N), symmetric
+            Z0 = torch.bmm(X, Ws[0].transpose(1, 2)).transpose(0, 1).contiguous()  # (N, T, n_1): W_0 x_t
+            A = X.new_zeros(X.shape[0], N, n1)  # row s: alpha_s e_s
         tape = []
         for t in range(N):
-            args = (Ws, Bs, xs[t], onehots[t], th)
+            z0 = Z0[t] - torch.bmm(gram[:, t : t + 1, :t], A[:, :t]).squeeze(1) if kernel0 else None
+            args = (Ws, Bs, xs[t], onehots[t], th, z0)
             if compile and t == 0:
                 tape.append(_first_compiled_call(fwd, args))
             else:
                 tape.append(fwd(*args))
+            if kernel0:
+                A[:, t] = tape[-1][5][0][4] * tape[-1][2][1]  # alpha_t e_t
             upd(Ws, keep, tape[-1][5], 1.0)
+        if kernel0:
+            Ws[0] = Ws[0] - torch.bmm(A.transpose(1, 2), X)  # W_K = W_0 - sum_s alpha_s e_s x_s^T
         Wf = [W.clone().requires_grad_(True) for W in Ws]
         with torch.enable_grad():
             loss, acc = query_loss_and_accuracy(Wf, ep.x_query, ep.y_query, ep.beta)
             Wbar = [g.contiguous() for g in torch.autograd.grad(loss.sum(), Wf)]
+        if kernel0:
+            V = torch.bmm(X, Wbar[0].transpose(1, 2)).transpose(0, 1).contiguous()  # (N, T, n_1): Wbar_K x_t
+            Zb = torch.zeros_like(A)  # row s: zbar_s
+            Wbar[0] = None
         grad = torch.zeros_like(theta)
         for t in range(N - 1, -1, -1):
             step = tape.pop()
             upd(Ws, keep, step[5], -1.0)  # W_t = (W_{t+1} - P Q) / (1 - th3)
-            g, factors = bwd(Ws, Wbar, Bs, th, step)
+            v0 = V[t] + torch.bmm(gram[:, t : t + 1, t + 1 :], Zb[:, t + 1 :]).squeeze(1) if kernel0 else None
+            g, factors = bwd(Ws, Wbar, Bs, th, step, v0)
+            if kernel0:
+                if factors[0] is not None:
+                    Zb[:, t] = factors[0]
+                factors[0] = None
             gupd(Wbar, keep, factors)
             grad += g  # inactive terms get exact zeros from bwd
     return MetaGradient(loss.detach(), acc.detach(), grad, [W.detach() for W in Wf])

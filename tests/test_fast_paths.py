@@ -253,6 +253,35 @@ def test_adjoint_meta_gradient_equals_autograd_through_the_unrolled_loop_float64
     assert (adj.grad[:, inactive] == 0).all()
 
 
+@pytest.mark.parametrize("feedback", ["fa", "bp", "dfa"])
+@pytest.mark.parametrize("rule", ["fa", [[0, 5], [0, 2], [9]], [[5], [1, 3], [0]]], ids=["lr-only", "lr+theta5", "theta5-only"])
+def test_first_layer_in_kernel_form_gives_the_dense_forms_meta_gradient(rule, feedback, monkeypatch):
+    import labkit.adjoint as adjoint
+
+    ep = episode((12, 9, 7, 5), feedback, rule, N=10, seed=21)
+    assert adjoint._kernel_first_layer(ep.rule.layer_terms[0], 10, 12, 9)
+    theta = theta_for(2, seed=22)
+    kernel = meta_gradient(theta, ep, mode="adjoint")
+    monkeypatch.setattr(adjoint, "_kernel_first_layer", lambda *a: False)
+    dense = meta_gradient(theta, ep, mode="adjoint")
+    ref = meta_gradient(theta, ep, mode="reverse")
+    torch.testing.assert_close(kernel.loss, dense.loss, rtol=1e-13, atol=1e-14)
+    torch.testing.assert_close(kernel.grad, dense.grad, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(kernel.grad, ref.grad, rtol=1e-10, atol=1e-13)
+    for a, r in zip(kernel.Ws, ref.Ws):
+        torch.testing.assert_close(a, r, rtol=1e-13, atol=1e-14)
+
+
+def test_kernel_form_is_used_only_where_the_first_layers_update_stays_in_the_inputs_span():
+    from labkit.adjoint import _kernel_first_layer
+
+    assert _kernel_first_layer((0,), 250, 784, 170)  # FA/BP/DFA learning-rate-only, paper size
+    assert _kernel_first_layer((0, 5), 250, 784, 170)
+    for terms in [(0, 2, 9), (0, 3), (0, 1), (9,), ()]:  # bio, decay, Hebbian, Oja's, none
+        assert not _kernel_first_layer(terms, 250, 784, 170)
+    assert not _kernel_first_layer((0,), 5000, 784, 170)  # long episodes: the dense form is cheaper
+
+
 def test_adjoint_meta_gradient_equals_autograd_float32_paper_first_layer():
     ep = episode((784, 170, 5), "fa", "bio", T=2, N=20, Q=6, seed=3, dtype=torch.float32)
     theta = theta_for(2, seed=4, dtype=torch.float32) * 0.1
@@ -261,6 +290,17 @@ def test_adjoint_meta_gradient_equals_autograd_float32_paper_first_layer():
     torch.testing.assert_close(adj.loss, ref.loss, rtol=1e-5, atol=1e-6)
     scale = float(ref.grad.abs().max())
     torch.testing.assert_close(adj.grad, ref.grad, rtol=1e-3, atol=1e-4 * scale)
+
+
+def test_kernel_form_equals_autograd_float32_paper_first_layer():
+    ep = episode((784, 170, 5), "fa", "fa", T=2, N=20, Q=6, seed=3, dtype=torch.float32)
+    theta = theta_for(2, seed=4, dtype=torch.float32) * 0.1
+    adj = meta_gradient(theta, ep, mode="adjoint")
+    ref = meta_gradient(theta, ep, mode="reverse")
+    torch.testing.assert_close(adj.loss, ref.loss, rtol=1e-5, atol=1e-6)
+    scale = float(ref.grad.abs().max())
+    torch.testing.assert_close(adj.grad, ref.grad, rtol=1e-3, atol=1e-4 * scale)
+    torch.testing.assert_close(adj.Ws[0], ref.Ws[0], rtol=1e-4, atol=1e-5)
 
 
 def test_adjoint_leaves_the_episode_weights_untouched():
@@ -306,7 +346,8 @@ def test_a_failing_compiler_gives_an_error_that_says_to_run_without_compile(monk
     def broken(*args):
         raise FakeCompileError("InvalidCxxCompiler: no working C++ compiler found")
 
-    monkeypatch.setitem(adjoint._COMPILED, (((0,), (0,)), "fa", 10.0), (broken, None, None, None))
+    # the key is (layer terms, feedback, beta, kernel form of the first layer)
+    monkeypatch.setitem(adjoint._COMPILED, (((0,), (0,)), "fa", 10.0, True), (broken, None, None, None))
     ep = episode((12, 9, 5), "fa", "fa", seed=1)
     with pytest.raises(RuntimeError, match="without --compile"):
         meta_gradient(theta_for(2, seed=1), ep, mode="adjoint", compile=True)
