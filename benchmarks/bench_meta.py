@@ -15,6 +15,12 @@ Inputs are random (uniform [0, 1) * 0.75) with random labels: timing does not de
 the pixel values, and no data set is read. Every configuration runs in a fresh
 subprocess of this script (``--single``), so that its peak RSS is its own.
 
+Rows with ``workers`` > 1 time what ``labkit discover --workers W`` does: the T trials are cut
+into chunks (at most 4 and at most ceil(T / W) trials each) whose meta-gradients W spawned
+processes with one thread each compute in parallel (``labkit.meta._meta_gradient``); the
+unit also includes shipping each chunk's episode to its worker and the results back. Their
+peak MB is the largest worker's peak RSS.
+
 Run from the repository root:
 
     .venv/bin/python benchmarks/bench_meta.py                 # full benchmark
@@ -96,6 +102,13 @@ def run_single(cfg: dict) -> dict:
     compile_ = mode == "compiled"  # the adjoint with torch.compile'd steps
     if compile_:
         mode = "adjoint"
+    workers = int(cfg.get("workers", 1))
+    pool = None
+    if workers > 1:
+        from labkit.meta import MetaConfig, _meta_gradient, worker_pool
+
+        pool = worker_pool(workers, threads)
+        chunking = MetaConfig(grad_mode=mode, compile=compile_, chunk=4, workers=workers)
 
     data_gen = torch.Generator().manual_seed(int(cfg["seed"]))
     weight_gens = [torch.Generator().manual_seed(int(cfg["seed"]) * 100_003 + 17 + i) for i in range(T)]
@@ -133,7 +146,10 @@ def run_single(cfg: dict) -> dict:
         sync()
         t1 = time.perf_counter()
         ep = Episodic(Ws, Bs, feedback, rule, x_tr, y_tr, x_q, y_q)
-        mg = meta_gradient(theta.detach(), ep, mode, compile=compile_)
+        if pool is None:
+            mg = meta_gradient(theta.detach(), ep, mode, compile=compile_)
+        else:
+            mg = _meta_gradient(theta.detach(), ep, chunking, pool)
         sync()
         t2 = time.perf_counter()
         theta.grad = mg[2].to(theta.dtype)  # (loss, accuracy, grad, ...)
@@ -160,6 +176,10 @@ def run_single(cfg: dict) -> dict:
             times.append(t)
             losses.append(loss)
     maxrss = _maxrss_bytes()
+    worker_rss = None
+    if pool is not None:
+        pool.shutdown()
+        worker_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the largest child's, kB on Linux
 
     tot = [t[0] for t in times]
     med = statistics.median(tot)
@@ -180,6 +200,8 @@ def run_single(cfg: dict) -> dict:
         query_loss_mean=float(all_loss.mean()),
         loss_finite=bool(torch.isfinite(all_loss).all()),
         torch_threads=torch.get_num_threads(),
+        workers=workers,
+        peak_rss_worker_MB=None if worker_rss is None else worker_rss / 2**20,
         labkit_path=str(Path(labkit.__file__).parent),
     )
     if cuda:
@@ -246,7 +268,7 @@ def int_list(spec: str) -> list[int]:
 def run_child(cfg: dict, timeout: float | None) -> dict:
     """Run one configuration in a fresh interpreter; never raises."""
     env = dict(os.environ)
-    n = str(cfg["threads"])
+    n = str(cfg["threads"])  # per process (workers: per worker)
     env.update(OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--single", json.dumps(cfg)]
     t0 = time.perf_counter()
@@ -271,6 +293,11 @@ def fmt_s(x: float | None) -> str:
     return f"{x:.3f}" if x >= 0.01 else f"{x:.2e}"
 
 
+def _threads_label(r: dict) -> str:
+    w = int(r.get("workers", 1))
+    return f"{w} proc x {r['threads']}" if w > 1 else str(r["threads"])
+
+
 def print_table(rows: list[dict], title: str, extra: tuple[str, ...] = ()) -> None:
     print(f"\n{title}")
     head = ["device", "rule", "mode", "K", "threads", "T", "s/trial-ep", "s/unit", "peak MB", "speed-up"]
@@ -279,14 +306,16 @@ def print_table(rows: list[dict], title: str, extra: tuple[str, ...] = ()) -> No
     lines = [head]
     for r in rows:
         if not r.get("ok"):
-            lines.append([r["device"], r["rule"], r["mode"], str(r["K"]), str(r["threads"]), str(r["T"]),
+            lines.append([r["device"], r["rule"], r["mode"], str(r["K"]), _threads_label(r), str(r["T"]),
                           "FAILED", r.get("error", "")[:60], "", ""])
             continue
         # the published times are for the paper episode (K=50); no comparison at other K
         pub = PUBLISHED_S.get(r["rule"]) if r["K"] == 50 else None
         mem = r.get("gpu_peak_increase_MB") if r["device"] != "cpu" else r["peak_rss_increase_MB"]
+        if r.get("workers", 1) > 1 and r.get("peak_rss_worker_MB") is not None:
+            mem = r["peak_rss_worker_MB"]
         row = [
-            r["device"], r["rule"], r["mode"], str(r["K"]), str(r["threads"]), str(r["T"]),
+            r["device"], r["rule"], r["mode"], str(r["K"]), _threads_label(r), str(r["T"]),
             fmt_s(r["s_per_trial_episode"]), fmt_s(r["s_per_unit_median"]), f"{mem:.0f}",
             f"{pub / r['s_per_trial_episode']:.1f}x" if pub else "n/a",
         ]
@@ -314,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cuda", action=argparse.BooleanOptionalAction, default=True,
                     help="also time on the GPU if torch.cuda.is_available() (default on)")
     ap.add_argument("--cuda-trials", default="1,16,64,256", help="T values on the GPU (default 1,16,64,256)")
+    ap.add_argument("--workers", default="all",
+                    help="worker processes (1 thread each) for extra rows at every T >= 2 ('all' = usable "
+                         "cores; 1 = no such rows; default all)")
     ap.add_argument("--modes", default="adjoint,compiled",
                     help="meta-gradient modes of the main table, from " + ",".join(MODES) +
                          " ('compiled' = adjoint with torch.compile; default adjoint,compiled)")
@@ -349,6 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     base = dict(sizes=list(PAPER_SIZES), M=5, K=50, Q=10, feedback="fa", dtype=args.dtype,
                 warmup=max(1, args.warmup), repeats=repeats, seed=0, mode=modes[0], device="cpu")
     configs = [dict(base, rule=r, T=T, threads=n, mode=m) for r in rules for m in modes for n in threads for T in trials]
+    workers = info["usable_cores"] if args.workers == "all" else int(args.workers)
+    if workers > 1:
+        configs += [dict(base, rule=r, T=T, threads=1, mode=m, workers=workers)
+                    for r in rules for m in modes for T in trials if T >= 2]
     ksweep = ([dict(base, rule="bio", T=1, threads=1, K=K, mode=m) for K in k_values for m in ("adjoint", "reverse", "forward")]
               if args.k_sweep else [])
     cuda_cfgs = []
@@ -390,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             status = (f"{fmt_s(res['s_per_trial_episode'])} s/trial-ep, peak +{res['peak_rss_increase_MB']:.0f} MB"
                       if res.get("ok") else f"FAILED: {res.get('error')}")
             print(f"  [{section}] {cfg['device']} rule={cfg['rule']} mode={cfg['mode']} K={cfg['K']} "
-                  f"threads={cfg['threads']} T={cfg['T']}: {status}", flush=True)
+                  f"threads={_threads_label(cfg)} T={cfg['T']}: {status}", flush=True)
             save()
 
     print_table(result["cpu"], "CPU, paper configuration (K=50)")
@@ -417,9 +453,9 @@ def main(argv: list[str] | None = None) -> int:
             b = min(ok, key=lambda r: r["s_per_trial_episode"])
             proj = b["s_per_trial_episode"] * PROJECT_TRIAL_EPISODES
             key = f"{section}:{rule}"
-            summary["best"][key] = {k: b[k] for k in ("mode", "threads", "T", "s_per_trial_episode")}
+            summary["best"][key] = {k: b.get(k, 1) for k in ("mode", "threads", "workers", "T", "s_per_trial_episode")}
             summary["projection_s_20x600"][key] = proj
-            print(f"  {section:4s} {rule:5s} best mode={b['mode']} threads={b['threads']} T={b['T']}: "
+            print(f"  {section:4s} {rule:5s} best mode={b['mode']} threads={_threads_label(b)} T={b['T']}: "
                   f"{fmt_s(b['s_per_trial_episode'])} s/trial-ep -> {proj:.0f} s = {proj / 3600:.2f} h")
 
     print("\nTargets (issue), CPU:")
@@ -435,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     for rule, target in TARGET_BEST.items():
         b = summary["best"].get(f"cpu:{rule}")
         verdict(f"{rule} per trial-episode, best batching", b and b["s_per_trial_episode"], target,
-                f"({b['mode']}, threads={b['threads']}, T={b['T']})" if b else "")
+                f"({b['mode']}, threads={_threads_label(b)}, T={b['T']})" if b else "")
     single = [r for r in result["cpu"] if r.get("ok") and r["rule"] == "bio" and r["T"] == 1 and r["threads"] == 1]
     best_single = min(single, key=lambda r: r["s_per_trial_episode"]) if single else None
     verdict("bio single trial, unbatched (T=1, 1 thread)", best_single and best_single["s_per_trial_episode"],

@@ -115,7 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--patience", type=int, default=10, help="consecutive non-finite episodes before a trial is stopped")
     d.add_argument("--remap-labels", action="store_true", help="label tasks 0..M-1 (M outputs) instead of dataset class ids")
     d.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    d.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    d.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: all cores); with --workers, threads per worker (default: cores / workers)")
+    d.add_argument("--workers", type=int, default=1,
+                   help="processes that compute the trials' meta-gradients in parallel, chunk by chunk "
+                        "(2 on a 2-core CPU runs many trials ~1.5-2x faster than threads; default 1)")
     d.add_argument("--chunk", type=int, default=4,
                    help="trials per batched inner loop; more trials run chunk by chunk (default 4, fastest on a laptop CPU)")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -157,7 +161,7 @@ def cmd_discover(a: argparse.Namespace) -> int:
         remap_labels=a.remap_labels, test_classes=a.test_classes, episodes=a.episodes, trials=a.trials,
         lam=a.lam, l1=a.l1, meta_lr=a.meta_lr, seed=a.seed, grad_mode=a.grad_mode, compile=a.compile, clip=a.clip, explosive=a.explosive, warmup=a.warmup,
         skip_nonfinite=a.skip_nonfinite, term_scaling=a.term_scaling, patience=a.patience, checkpoint_every=a.checkpoint_every,
-        dtype=a.dtype, threads=a.threads, chunk=a.chunk,
+        dtype=a.dtype, threads=a.threads, chunk=a.chunk, workers=a.workers,
     )
     try:
         res = cfg.resolved()

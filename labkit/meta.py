@@ -112,6 +112,7 @@ class MetaConfig:
     checkpoint_every: int = 25
     dtype: str = "float32"
     threads: int | None = None
+    workers: int = 1  # processes computing meta-gradients of separate trial chunks (see _meta_gradient)
 
     def resolved(self) -> "MetaConfig":
         """A copy with defaults filled in and every setting validated (raises ValueError)."""
@@ -140,6 +141,7 @@ class MetaConfig:
             (c.warmup >= 0, f"warmup must be >= 0 episodes, got {c.warmup}"),
             (c.patience >= 1, f"patience must be >= 1, got {c.patience}"),
             (c.chunk >= 1, f"chunk (trials per batched inner loop) must be >= 1, got {c.chunk}"),
+            (c.workers >= 1, f"workers (processes) must be >= 1, got {c.workers}"),
             (c.checkpoint_every >= 1, f"checkpoint interval must be >= 1, got {c.checkpoint_every}"),
             (c.dtype in ("float32", "float64"), f"dtype must be float32 or float64, got {c.dtype!r}"),
             (all(int(h) >= 1 for h in c.hidden), f"hidden layer sizes must be positive, got {c.hidden}"),
@@ -238,24 +240,73 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def _meta_gradient(theta: torch.Tensor, ep: Episodic, c: MetaConfig):
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _worker_meta_gradient(theta: torch.Tensor, ep: Episodic, grad_mode: str, compile: bool) -> MetaGradient:
+    return meta_gradient(theta, ep, grad_mode, compile=compile)
+
+
+def worker_pool(workers: int, threads: int | None = None):
+    """A pool of ``workers`` processes for :func:`_meta_gradient`, each with ``threads``
+    torch threads (default: the usable cores shared out, at least 1)."""
+    import concurrent.futures
+    import multiprocessing
+
+    if threads is None:
+        threads = max(1, len(os.sched_getaffinity(0)) // workers) if hasattr(os, "sched_getaffinity") else 1
+    # spawn, not fork: a forked child of a process whose OpenMP threads already ran can hang.
+    return concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init, initargs=(threads,)
+    )
+
+
+def _meta_gradient(theta: torch.Tensor, ep: Episodic, c: MetaConfig, pool=None):
     """The meta-gradient of T trials, computed ``c.chunk`` trials at a time.
 
     Trials are independent, so chunking changes no number (tested); it changes speed: the
     inner loop streams every trial's weights through the cache at every step, and past a few
     trials they no longer fit (benchmarks/: 4 trials per batch is fastest on a 2-core CPU).
+    With a ``pool`` of ``c.workers`` processes (:func:`worker_pool`), the chunks (a multiple
+    of the workers, equal in size) run in parallel, one process per core: many small
+    operations per plasticity step scale poorly over threads inside one process, but two
+    processes on two cores run at twice the speed of one.
     """
     T = theta.shape[0]
-    if T <= c.chunk:
-        return meta_gradient(theta, ep, c.grad_mode, compile=c.compile)
-    parts = []
-    for a in range(0, T, c.chunk):
-        b = min(T, a + c.chunk)
+    if pool is None:
+        if T <= c.chunk:
+            return meta_gradient(theta, ep, c.grad_mode, compile=c.compile)
+        bounds = [(a, min(T, a + c.chunk)) for a in range(0, T, c.chunk)]
+    else:
+        # as many chunks as keep every worker busy to the end: a multiple of the workers,
+        # of at most c.chunk trials each, with sizes differing by at most one
+        n = min(T, c.workers * -(-T // (c.workers * c.chunk)))
+        cuts = [round(k * T / n) for k in range(n + 1)]
+        bounds = list(zip(cuts[:-1], cuts[1:]))
+    subs = []
+    for a, b in bounds:
+        # clone: a pickled view would carry its whole storage (every trial) to the worker
         sub = dataclasses.replace(
-            ep, Ws=[W[a:b] for W in ep.Ws], Bs=[B[a:b] for B in ep.Bs], x_train=ep.x_train[a:b],
-            y_train=ep.y_train[a:b], x_query=ep.x_query[a:b], y_query=ep.y_query[a:b],
+            ep, Ws=[W[a:b].clone() for W in ep.Ws], Bs=[B[a:b].clone() for B in ep.Bs],
+            x_train=ep.x_train[a:b].clone(), y_train=ep.y_train[a:b].clone(),
+            x_query=ep.x_query[a:b].clone(), y_query=ep.y_query[a:b].clone(),
         )
-        parts.append(meta_gradient(theta[a:b], sub, c.grad_mode, compile=c.compile))
+        subs.append((theta[a:b].clone(), sub))
+    if pool is None:
+        parts = [meta_gradient(th, sub, c.grad_mode, compile=c.compile) for th, sub in subs]
+    else:
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            futures = [pool.submit(_worker_meta_gradient, th, sub, c.grad_mode, c.compile) for th, sub in subs]
+            parts = [f.result() for f in futures]
+        except BrokenProcessPool as err:
+            raise RuntimeError(
+                "a worker process stopped unexpectedly (out of memory, or killed); the results up to "
+                "the last completed episode are kept: continue with --resume, with fewer --workers "
+                "(or 1) if it happens again"
+            ) from err
     return MetaGradient(
         torch.cat([p.loss for p in parts]), torch.cat([p.accuracy for p in parts]),
         torch.cat([p.grad for p in parts]), [torch.cat(ws) for ws in zip(*(p.Ws for p in parts))],
@@ -306,6 +357,7 @@ class MetaTrainer:
         self.diverged_at: dict[int, int] = {}
         self.out = Path(out) if out is not None else None
         self._consistent: dict | None = None
+        self._pool = None  # worker processes while run() runs with workers > 1
         self.writer: HistoryWriter | None = None
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -392,7 +444,7 @@ class MetaTrainer:
             ) from None
         mine = dataclasses.asdict(self.config)
         theirs = s.get("config", {})
-        differ = [k for k in mine if k not in ("episodes", "checkpoint_every", "threads", "data_root", "download")
+        differ = [k for k in mine if k not in ("episodes", "checkpoint_every", "threads", "workers", "data_root", "download")
                   and str(theirs.get(k)) != str(mine[k])]
         if differ:
             raise CheckpointError(
@@ -436,7 +488,7 @@ class MetaTrainer:
         idx = torch.tensor(live)
         ep = self.draw(live)
         theta = self.theta[idx]
-        mg = _meta_gradient(theta, ep, c)
+        mg = _meta_gradient(theta, ep, c, self._pool)
         active = self.active.to(self.dtype)
         l1_grad = c.lam * torch.sign(theta) if c.l1 == "coupled" else 0.0
         grad = (mg.grad + l1_grad) * active
@@ -545,6 +597,8 @@ class MetaTrainer:
             bar = tqdm(total=c.episodes, initial=self.episode, desc=f"{self.rule.name}/{c.feedback}",
                        unit="ep", dynamic_ncols=True)
         self._consistent = self._checkpoint_state()
+        if c.workers > 1:
+            self._pool = worker_pool(c.workers, c.threads)
         try:
             while self.episode < target:
                 rows = self.step()
@@ -565,8 +619,9 @@ class MetaTrainer:
                     self.save_checkpoint()
                 if bool(self.stopped.all()):
                     break
-        except KeyboardInterrupt:
-            # Keep everything computed so far: the state after the last completed episode.
+        except BaseException:
+            # Interrupted or failed (Ctrl-C, a dead worker): keep everything computed so far,
+            # the state after the last completed episode, so that --resume continues from it.
             if bar is not None:
                 bar.close()
             if self.out is not None:
@@ -574,6 +629,10 @@ class MetaTrainer:
                 self.save_checkpoint(st)
                 write_theta(self.out, st["theta"].numpy(), self.terms, st["stopped"].numpy(), seed=c.seed)
             raise
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(cancel_futures=True)
+                self._pool = None
         if bar is not None:
             bar.close()
         summary = self.summary(time.perf_counter() - start, history)

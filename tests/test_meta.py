@@ -1,6 +1,7 @@
 """Meta-training engine: seeds, Adam, guards, divergence, checkpoints and resume."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -272,6 +273,36 @@ def test_running_trials_chunk_by_chunk_changes_no_number(tmp_path):
     np.testing.assert_allclose(chunked.theta, whole.theta, rtol=1e-6, atol=1e-9)
     a, b = read_history(tmp_path / "whole"), read_history(tmp_path / "chunked")
     np.testing.assert_allclose(b.meta_loss.to_numpy(), a.meta_loss.to_numpy(), rtol=1e-5)
+
+
+def test_worker_processes_give_the_numbers_of_one_process(tmp_path):
+    # Chunks of trials computed in 2 spawned processes (1 thread each) return exactly what
+    # this process computes for the same chunks.
+    serial = MetaTrainer(tiny(rule="bio", episodes=3, trials=4, chunk=2), out=tmp_path / "serial").run(progress=False)
+    parallel = MetaTrainer(tiny(rule="bio", episodes=3, trials=4, chunk=2, workers=2, threads=1),
+                           out=tmp_path / "parallel").run(progress=False)
+    np.testing.assert_allclose(parallel.theta, serial.theta, rtol=1e-6, atol=1e-9)
+    a, b = read_history(tmp_path / "serial"), read_history(tmp_path / "parallel")
+    np.testing.assert_allclose(b.meta_loss.to_numpy(), a.meta_loss.to_numpy(), rtol=1e-5)
+    assert json.loads((tmp_path / "parallel" / "config.json").read_text())["workers"] == 2
+
+
+def test_a_dead_worker_is_reported_and_the_completed_episodes_are_kept(tmp_path, monkeypatch):
+    import labkit.meta as meta
+
+    trainer = MetaTrainer(tiny(rule="fa", episodes=4, trials=2, workers=2, threads=1, checkpoint_every=100),
+                          out=tmp_path / "run")
+    trainer.run(progress=False, stop_after=2)
+    monkeypatch.setattr(meta, "_worker_meta_gradient", _die)
+    with pytest.raises(RuntimeError, match="--resume"):
+        trainer.run(progress=False)
+    resumed = MetaTrainer(tiny(rule="fa", episodes=4, trials=2), out=tmp_path / "run", resume=True)
+    assert resumed.completed_episodes == 2
+    assert sorted(read_history(tmp_path / "run").episode.unique()) == [1, 2]
+
+
+def _die(*args):
+    os._exit(1)  # a worker killed mid-episode (as by the out-of-memory killer)
 
 
 def test_proximal_l1_sets_weak_terms_exactly_to_zero_and_coupled_l1_does_not():
