@@ -19,7 +19,8 @@ Rows with ``workers`` > 1 time what ``labkit discover --workers W`` does: the T 
 into chunks (at most 4 and at most ceil(T / W) trials each) whose meta-gradients W spawned
 processes with one thread each compute in parallel (``labkit.meta._meta_gradient``); the
 unit also includes shipping each chunk's episode to its worker and the results back. Their
-peak MB is the largest worker's peak RSS.
+peak MB is the largest worker's whole peak RSS ("abs": torch and the compiler included), not
+an increase over a baseline.
 
 Run from the repository root:
 
@@ -312,11 +313,12 @@ def print_table(rows: list[dict], title: str, extra: tuple[str, ...] = ()) -> No
         # the published times are for the paper episode (K=50); no comparison at other K
         pub = PUBLISHED_S.get(r["rule"]) if r["K"] == 50 else None
         mem = r.get("gpu_peak_increase_MB") if r["device"] != "cpu" else r["peak_rss_increase_MB"]
+        mem_s = f"{mem:.0f}"
         if r.get("workers", 1) > 1 and r.get("peak_rss_worker_MB") is not None:
-            mem = r["peak_rss_worker_MB"]
+            mem_s = f"{r['peak_rss_worker_MB']:.0f} abs"
         row = [
             r["device"], r["rule"], r["mode"], str(r["K"]), _threads_label(r), str(r["T"]),
-            fmt_s(r["s_per_trial_episode"]), fmt_s(r["s_per_unit_median"]), f"{mem:.0f}",
+            fmt_s(r["s_per_trial_episode"]), fmt_s(r["s_per_unit_median"]), mem_s,
             f"{pub / r['s_per_trial_episode']:.1f}x" if pub else "n/a",
         ]
         if not r.get("loss_finite", True):
@@ -435,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     comp = [r for r in result["cpu"] if r.get("ok") and r["mode"] == "compiled"]
     if comp:
         print("\nFirst (warm-up) unit in mode compiled, which includes compilation: " + ", ".join(
-            f"{r['rule']} T={r['T']} thr={r['threads']}: {r['s_first_unit']:.0f} s" for r in comp))
+            f"{r['rule']} T={r['T']} thr={_threads_label(r)}: {r['s_first_unit']:.0f} s" for r in comp))
     if result["cuda"]:
         print_table(result["cuda"], f"GPU ({info.get('cuda_device')})")
     elif args.cuda:

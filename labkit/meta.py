@@ -59,6 +59,7 @@ from .rules import DEFAULT_FEEDBACK, N_TERMS, NAMED_RULES, Rule, make_rule
 from .stats import bootstrap_ci
 
 CHECKPOINT_FILE = "checkpoint.pt"
+ROLLBACK_SNAPSHOT = 10  # episodes between a trial's rollback snapshots
 HIDDEN_PAPER: tuple[int, ...] = (170, 130, 100, 70)
 # Default L1 strength per rule: lambda = 0 for the fixed-term rules (the paper's baselines),
 # and for the pool the value found in README ("Finding lambda").
@@ -108,6 +109,8 @@ class MetaConfig:
     warmup: int | None = None  # None -> 20 episodes for rules with several terms, 0 for one term
     skip_nonfinite: bool = True
     patience: int = 10
+    rollback: int = 3  # non-finite episodes in a row before a trial rolls back (0: never; see step)
+    max_rollbacks: int = 3  # per trial; after that, patience decides
     term_scaling: bool = True
     checkpoint_every: int = 25
     dtype: str = "float32"
@@ -140,6 +143,8 @@ class MetaConfig:
             (c.explosive in ("skip", "clip"), f"explosive must be 'skip' or 'clip', got {c.explosive!r}"),
             (c.warmup >= 0, f"warmup must be >= 0 episodes, got {c.warmup}"),
             (c.patience >= 1, f"patience must be >= 1, got {c.patience}"),
+            (c.rollback >= 0, f"rollback must be >= 0 (0 = off), got {c.rollback}"),
+            (c.max_rollbacks >= 0, f"max rollbacks must be >= 0, got {c.max_rollbacks}"),
             (c.chunk >= 1, f"chunk (trials per batched inner loop) must be >= 1, got {c.chunk}"),
             (c.workers >= 1, f"workers (processes) must be >= 1, got {c.workers}"),
             (c.checkpoint_every >= 1, f"checkpoint interval must be >= 1, got {c.checkpoint_every}"),
@@ -187,8 +192,8 @@ class MaskedAdam:
 
     def step(self, param: torch.Tensor, grad: torch.Tensor, mask: torch.Tensor,
              lr_scale: float | torch.Tensor = 1.0) -> torch.Tensor:
-        """One step for the trials where ``mask`` is True; ``lr_scale`` is a number or an
-        (R,) per-coordinate multiplier of the learning rate."""
+        """One step for the trials where ``mask`` is True; ``lr_scale`` is a number, an
+        (R,) per-coordinate or a (T, R) per-trial-and-coordinate multiplier of the learning rate."""
         b1, b2 = self.betas
         m_new = b1 * self.m + (1 - b1) * grad
         v_new = b2 * self.v + (1 - b2) * grad * grad
@@ -351,6 +356,11 @@ class MetaTrainer:
         self.stopped = torch.zeros(T, dtype=torch.bool)
         self.bad_streak = torch.zeros(T, dtype=torch.long)
         self.explosive_streak = [0] * T
+        # rollback (see step): per trial, its meta learning rate factor, rollbacks so far, and
+        # two snapshots of (theta, Adam's v and t) taken every ROLLBACK_SNAPSHOT episodes
+        self.lr_factor = torch.ones(T, dtype=self.dtype)
+        self.rollbacks = [0] * T
+        self.snapshots: list[list[tuple]] = [[] for _ in range(T)]
         self.norm_history: list[list[float]] = [[] for _ in range(T)]
         self.episode = 0
         self.guarded_steps = 0
@@ -405,6 +415,9 @@ class MetaTrainer:
             "stopped": self.stopped.clone(),
             "bad_streak": self.bad_streak.clone(),
             "explosive_streak": list(self.explosive_streak),
+            "lr_factor": self.lr_factor.clone(),
+            "rollbacks": list(self.rollbacks),
+            "snapshots": [[tuple(x.clone() for x in snap) for snap in snaps] for snaps in self.snapshots],
             "norm_history": [list(h) for h in self.norm_history],
             "guarded_steps": self.guarded_steps,
             "diverged_at": dict(self.diverged_at),
@@ -444,7 +457,10 @@ class MetaTrainer:
             ) from None
         mine = dataclasses.asdict(self.config)
         theirs = s.get("config", {})
+        defaults = dataclasses.asdict(MetaConfig())
+        # a setting newer than the checkpoint counts as unchanged while it keeps its default
         differ = [k for k in mine if k not in ("episodes", "checkpoint_every", "threads", "workers", "data_root", "download")
+                  and not (k not in theirs and str(mine[k]) == str(defaults.get(k)))
                   and str(theirs.get(k)) != str(mine[k])]
         if differ:
             raise CheckpointError(
@@ -461,6 +477,9 @@ class MetaTrainer:
         self.stopped = s["stopped"]
         self.bad_streak = s["bad_streak"]
         self.explosive_streak = s.get("explosive_streak", self.explosive_streak)
+        self.lr_factor = s.get("lr_factor", self.lr_factor)
+        self.rollbacks = s.get("rollbacks", self.rollbacks)
+        self.snapshots = s.get("snapshots", self.snapshots)
         self.norm_history = s["norm_history"]
         self.guarded_steps = s["guarded_steps"]
         self.diverged_at = s["diverged_at"]
@@ -503,7 +522,12 @@ class MetaTrainer:
             take[j] = False
             grad[j] = 0.0
             self.bad_streak[i] += 1
-            if c.skip_nonfinite and self.bad_streak[i] < c.patience:
+            if (c.skip_nonfinite and c.rollback and self.bad_streak[i] >= c.rollback
+                    and self.rollbacks[i] < c.max_rollbacks):
+                self._roll_back(i)
+                notes[j] = "rollback"
+                self.guarded_steps += 1
+            elif c.skip_nonfinite and self.bad_streak[i] < c.patience:
                 notes[j] = "skip-nonfinite"
                 self.guarded_steps += 1
             else:
@@ -534,7 +558,8 @@ class MetaTrainer:
                     grad[j] *= bound / n
                     notes[j] = "clip"
                 self.explosive_streak[i] = 0
-        lr_scale = (min(1.0, self.episode / c.warmup) if c.warmup else 1.0) * self.term_scale
+        # (T, R): warm-up x term scaling x each trial's rollback factor
+        lr_scale = (min(1.0, self.episode / c.warmup) if c.warmup else 1.0) * self.term_scale * self.lr_factor[:, None]
         # One Adam over all trials; stopped trials and refused steps are simply masked out.
         full_grad = torch.zeros_like(self.theta)
         full_grad[idx] = grad
@@ -548,9 +573,15 @@ class MetaTrainer:
             # (steep, chaotic inner loops), so a penalty added to the gradient (coupled) is
             # lost in it; here lam is in units of Adam's normalised step: a term survives only
             # if its meta-gradient pushes it away from 0 more consistently than lam.
-            shrink = self.adam.lr * lr_scale * c.lam  # (R,) per coordinate, broadcast over trials
+            shrink = self.adam.lr * lr_scale * c.lam  # (T, R), each coordinate's own step size
             moved = torch.sign(self.theta) * torch.clamp(self.theta.abs() - shrink, min=0.0)
             self.theta = torch.where(full_take[:, None] & (active > 0), moved, self.theta)
+
+        if c.rollback and self.episode % ROLLBACK_SNAPSHOT == 0:
+            for i in live:
+                if self.bad_streak[i] == 0:
+                    snap = (self.theta[i].clone(), self.adam.v[i].clone(), self.adam.t[i].clone())
+                    self.snapshots[i] = (self.snapshots[i] + [snap])[-2:]
 
         # measurements on the query batch with the adapted weights
         with torch.no_grad():
@@ -576,6 +607,29 @@ class MetaTrainer:
                 row[f"ortho_{l + 1}"] = float(ortho[j, l])
             rows.append(row)
         return rows
+
+    def _roll_back(self, i: int) -> None:
+        """Trial i's inner loop has overflowed ``rollback`` episodes in a row at a theta that
+        the skips keep frozen: undo the steps that led there. theta and Adam's second moment
+        go back to the older of the trial's two snapshots (10-20 episodes back, taken after
+        finite episodes only; the initial theta if none), Adam's first moment is zeroed (it
+        points the way into the overflowing region), and the trial's meta learning rate is
+        halved, as a trust region shrinks after a rejected step."""
+        snaps = self.snapshots[i]
+        if snaps:
+            theta, v, t = snaps[0]
+        else:
+            theta = torch.zeros(N_TERMS, dtype=self.dtype)
+            theta[0] = self.config.theta0
+            v, t = torch.zeros_like(theta), torch.tensor(0)
+        self.theta[i] = theta
+        self.adam.m[i] = 0.0
+        self.adam.v[i] = v
+        self.adam.t[i] = t
+        self.snapshots[i] = [(theta.clone(), v.clone(), t.clone())]
+        self.lr_factor[i] *= 0.5
+        self.rollbacks[i] += 1
+        self.bad_streak[i] = 0
 
     # ------------------------------------------------------------------ the loop
     def run(self, progress: bool = True, stop_after: int | None = None) -> RunSummary:

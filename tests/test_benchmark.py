@@ -17,8 +17,9 @@ def load_bench():
     return mod
 
 
-@pytest.mark.parametrize("mode", ["adjoint", "reverse", "forward"])
-def test_one_benchmark_configuration_runs_and_reports_time_and_memory(mode, monkeypatch):
+@pytest.mark.parametrize("mode,workers", [("adjoint", 1), ("reverse", 1), ("forward", 1), ("adjoint", 2)],
+                         ids=["adjoint", "reverse", "forward", "adjoint-2-workers"])
+def test_one_benchmark_configuration_runs_and_reports_time_and_memory(mode, workers, monkeypatch):
     import torch
 
     bench = load_bench()
@@ -26,7 +27,7 @@ def test_one_benchmark_configuration_runs_and_reports_time_and_memory(mode, monk
         monkeypatch.setenv(var, "1")  # run_single sets these; monkeypatch restores them
     threads = torch.get_num_threads()
     cfg = dict(sizes=[20, 10, 5], M=3, K=2, Q=2, feedback="fa", dtype="float32", warmup=1, repeats=1,
-               seed=0, mode=mode, device="cpu", rule="bio", T=2, threads=1)
+               seed=0, mode=mode, device="cpu", rule="bio", T=2, threads=1, workers=workers)
     try:
         out = bench.run_single(cfg)
     finally:
@@ -34,6 +35,7 @@ def test_one_benchmark_configuration_runs_and_reports_time_and_memory(mode, monk
     assert out["ok"] and out["loss_finite"]
     assert out["s_per_trial_episode"] > 0 and out["s_first_unit"] > 0
     assert out["peak_rss_MB"] > 0
+    assert out["workers"] == workers and (workers == 1) == (out["peak_rss_worker_MB"] is None)
 
 
 def test_the_benchmark_refuses_an_unknown_mode():

@@ -90,7 +90,7 @@ def test_a_diverging_trial_is_stopped_and_the_others_go_on(tmp_path, monkeypatch
         return out
 
     monkeypatch.setattr("labkit.meta.meta_gradient", poisoned)
-    summary = MetaTrainer(tiny(rule="fa", episodes=8, patience=3), out=tmp_path).run(progress=False)
+    summary = MetaTrainer(tiny(rule="fa", episodes=8, patience=3, rollback=0), out=tmp_path).run(progress=False)
     h = read_history(tmp_path)
     t1 = h[h.trial == 1].sort_values("episode")
     assert t1.guarded.tolist()[1:3] == ["skip-nonfinite", "skip-nonfinite"]
@@ -99,6 +99,55 @@ def test_a_diverging_trial_is_stopped_and_the_others_go_on(tmp_path, monkeypatch
     assert summary.diverged.tolist() == [False, True]
     th = read_theta(tmp_path)
     assert th["diverged"] == [False, True] and th["n_trials_used"] == 1
+
+
+def test_a_trial_stuck_overflowing_rolls_back_to_an_earlier_theta_with_half_the_meta_learning_rate(monkeypatch):
+    real = learner.meta_gradient
+    trainer = MetaTrainer(tiny(rule="bio", episodes=16, trials=2))
+
+    def poisoned(theta, ep, mode="adjoint", compile=False):
+        out = real(theta, ep, mode, compile=compile)
+        if trainer.episode in (12, 13, 14):  # trial 1's inner loop overflows three times in a row
+            loss = out.loss.clone()
+            loss[1] = float("inf")
+            return learner.MetaGradient(loss, out.accuracy, out.grad, out.Ws)
+        return out
+
+    monkeypatch.setattr("labkit.meta.meta_gradient", poisoned)
+    clean = MetaTrainer(tiny(rule="bio", episodes=16, trials=2)).run(progress=False)
+    h = pd.DataFrame(trainer.run(progress=False).history)
+    t1 = h[h.trial == 1].set_index("episode")
+    assert t1.loc[[12, 13, 14], "guarded"].tolist() == ["skip-nonfinite", "skip-nonfinite", "rollback"]
+    assert t1.diverged.sum() == 0 and t1.index.max() == 16
+    # episode 15 runs with the theta that episode 11 ran with (the snapshot after episode 10)
+    cols = [c for c in h.columns if c.startswith("theta_")]
+    np.testing.assert_array_equal(t1.loc[15, cols].to_numpy(float), t1.loc[11, cols].to_numpy(float))
+    assert trainer.lr_factor.tolist() == [1.0, 0.5] and trainer.rollbacks == [0, 1]
+    t0, c0 = h[h.trial == 0], pd.DataFrame(clean.history).query("trial == 0")
+    np.testing.assert_allclose(t0.meta_loss.to_numpy(), c0.meta_loss.to_numpy(), rtol=1e-6)  # the other trial is untouched
+
+
+def test_rollback_state_survives_a_resume(tmp_path, monkeypatch):
+    real = learner.meta_gradient
+    holder = {}
+
+    def poisoned(theta, ep, mode="adjoint", compile=False):
+        out = real(theta, ep, mode, compile=compile)
+        if holder["t"].episode in (12, 13, 14):
+            loss = out.loss.clone()
+            loss[0] = float("nan")
+            return learner.MetaGradient(loss, out.accuracy, out.grad, out.Ws)
+        return out
+
+    monkeypatch.setattr("labkit.meta.meta_gradient", poisoned)
+    holder["t"] = MetaTrainer(tiny(rule="bio", episodes=18, trials=1), out=tmp_path / "full")
+    full = holder["t"].run(progress=False)
+    holder["t"] = MetaTrainer(tiny(rule="bio", episodes=18, trials=1, checkpoint_every=1), out=tmp_path / "cut")
+    holder["t"].run(progress=False, stop_after=15)
+    holder["t"] = MetaTrainer(tiny(rule="bio", episodes=18, trials=1, checkpoint_every=1), out=tmp_path / "cut", resume=True)
+    assert holder["t"].lr_factor.tolist() == [0.5]
+    resumed = holder["t"].run(progress=False)
+    np.testing.assert_array_equal(resumed.theta, full.theta)
 
 
 def test_a_truly_diverging_rule_without_guards_stops_every_trial_and_keeps_results(tmp_path):
