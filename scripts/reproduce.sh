@@ -52,7 +52,23 @@ wait
 
 # Figures: meta-training curves straight from the result folders, then the notebooks in full mode.
 $LK figures results/fa_lr results/bp_lr results/dfa_lr --labels FA BP DFA --out figures --prefix fig3_
-$LK figures results/fa_lr results/bp_lr results/pool results/bio --labels FA BP pool bio --out figures --prefix fig4_
+# Fig 4 from the paper-scale runs (20 trials x 600 episodes) where present; they take ~30 min each
+# here with 2 workers: PAPER_SCALE=1 bash scripts/reproduce.sh makes them (README, "What reproduces").
+if [ -n "${PAPER_SCALE:-}" ]; then
+    for rule in pool bio; do
+        out=results/${rule}_20x600; resume=""; extra=""
+        [ "$rule" = pool ] && extra="--l1 proximal --lam 0.1"
+        [ -f "$out/checkpoint.pt" ] && resume="--resume"
+        [ -f "$out/theta.json" ] && [ "$(tail -n1 "$out/history.csv" | cut -d, -f2)" = "600" ] || \
+            $LK discover --rule "$rule" --trials 20 --episodes 600 --seed "$SEED" --workers 2 --quiet $COMPILE $extra --out "$out" $resume
+    done
+fi
+P=results/pool; B=results/bio
+[ -f results/pool_20x600/theta.json ] && P=results/pool_20x600
+[ -f results/bio_20x600/theta.json ] && B=results/bio_20x600
+$LK figures results/fa_lr results/bp_lr $P $B --labels FA BP pool bio --out figures --prefix fig4_
+[ -f results/pool_20x600/theta.json ] && $LK figures results/pool_20x600 --labels "pool 20x600" --out figures --prefix pool20x600_
+[ -f results/bio_20x600/theta.json ] && $LK figures results/bio_20x600 --labels "bio 20x600" --out figures --prefix bio20x600_
 $LK figures results/fa_lr results/ehebb results/bio --labels FA eHebb bio --out figures --prefix fig5_
 $LK figures results/fa_lr results/oja --labels FA Oja --out figures --prefix fig7_
 # The committed notebooks stay output-free; executed copies go to a temporary folder.
