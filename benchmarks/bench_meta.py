@@ -125,9 +125,13 @@ def run_single(cfg: dict) -> dict:
         x_q = torch.rand(T, M * Q, sizes[0], generator=data_gen, dtype=dtype) * 0.75
         return [t.to(device) for t in (x_tr, y_tr, x_q, y_q)]
 
-    # theta as meta-training starts (MetaTrainer): theta_0 = 1e-3, every other term 0.
+    # theta as meta-training starts (MetaTrainer): theta_0 = 1e-3, every other term 0. Every
+    # unit starts from it again (untimed reset after the Adam step): otherwise the pool's ten
+    # coefficients drift by ~1e-3 per unit in the directions of random-data gradients and its
+    # inner loop overflows after a few units, which leaves the work the same but the loss NaN.
     theta = torch.zeros(T, 10, dtype=dtype, device=device)
     theta[:, 0] = 1e-3
+    theta_start = theta.clone()
     opt = torch.optim.Adam([theta], lr=1e-3)
 
     def sync():
@@ -157,6 +161,8 @@ def run_single(cfg: dict) -> dict:
         opt.step()
         sync()
         t3 = time.perf_counter()
+        with torch.no_grad():
+            theta.copy_(theta_start)
         return (t3 - t0, t1 - t0, t2 - t1, t3 - t2), mg[0]
 
     data = draw_data()
