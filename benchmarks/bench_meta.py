@@ -16,8 +16,8 @@ the pixel values, and no data set is read. Every configuration runs in a fresh
 subprocess of this script (``--single``), so that its peak RSS is its own.
 
 Rows with ``workers`` > 1 time what ``labkit discover --workers W`` does: the T trials are cut
-into chunks (at most 4 and at most ceil(T / W) trials each) whose meta-gradients W spawned
-processes with one thread each compute in parallel (``labkit.meta._meta_gradient``); the
+into equal chunks, a multiple of W of them, of at most 4 trials (``--chunk``'s default), whose
+meta-gradients W spawned processes with one thread each compute in parallel (``labkit.meta._meta_gradient``); the
 unit also includes shipping each chunk's episode to its worker and the results back. Their
 peak MB is the largest worker's whole peak RSS ("abs": torch and the compiler included), not
 an increase over a baseline.
@@ -109,7 +109,7 @@ def run_single(cfg: dict) -> dict:
         from labkit.meta import MetaConfig, _meta_gradient, worker_pool
 
         pool = worker_pool(workers, threads)
-        chunking = MetaConfig(grad_mode=mode, compile=compile_, chunk=4, workers=workers)
+        chunking = MetaConfig(grad_mode=mode, compile=compile_, workers=workers)  # default chunk, as discover
 
     data_gen = torch.Generator().manual_seed(int(cfg["seed"]))
     weight_gens = [torch.Generator().manual_seed(int(cfg["seed"]) * 100_003 + 17 + i) for i in range(T)]

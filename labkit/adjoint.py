@@ -446,9 +446,10 @@ def meta_gradient_adjoint(theta: torch.Tensor, ep: "Episodic", compile: bool = F
                 tape.append(_first_compiled_call(fwd, args))
             else:
                 tape.append(fwd(*args))
+            _, _, es, _, _, saved = tape[-1]
             if kernel0:
-                A[:, t] = tape[-1][5][0][4] * tape[-1][2][1]  # alpha_t e_t
-            upd(Ws, keep, tape[-1][5], 1.0)
+                A[:, t] = saved[0][4] * es[1]  # alpha_t e_t (saved[0][4] is the first layer's alpha)
+            upd(Ws, keep, saved, 1.0)
         if kernel0:
             Ws[0] = Ws[0] - torch.bmm(A.transpose(1, 2), X)  # W_K = W_0 - sum_s alpha_s e_s x_s^T
         Wf = [W.clone().requires_grad_(True) for W in Ws]

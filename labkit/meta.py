@@ -291,13 +291,13 @@ def _meta_gradient(theta: torch.Tensor, ep: Episodic, c: MetaConfig, pool=None):
         bounds = list(zip(cuts[:-1], cuts[1:]))
     subs = []
     for a, b in bounds:
-        # clone: a pickled view would carry its whole storage (every trial) to the worker
+        # for a worker, copies: a pickled view would carry its whole storage (every trial) along
+        cut = (lambda t: t[a:b]) if pool is None else (lambda t: t[a:b].clone())
         sub = dataclasses.replace(
-            ep, Ws=[W[a:b].clone() for W in ep.Ws], Bs=[B[a:b].clone() for B in ep.Bs],
-            x_train=ep.x_train[a:b].clone(), y_train=ep.y_train[a:b].clone(),
-            x_query=ep.x_query[a:b].clone(), y_query=ep.y_query[a:b].clone(),
+            ep, Ws=[cut(W) for W in ep.Ws], Bs=[cut(B) for B in ep.Bs], x_train=cut(ep.x_train),
+            y_train=cut(ep.y_train), x_query=cut(ep.x_query), y_query=cut(ep.y_query),
         )
-        subs.append((theta[a:b].clone(), sub))
+        subs.append((cut(theta), sub))
     if pool is None:
         parts = [meta_gradient(th, sub, c.grad_mode, compile=c.compile) for th, sub in subs]
     else:
