@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--rollback", type=int, default=3,
                    help="after this many non-finite episodes in a row, roll the trial's theta back 10-20 episodes "
                         "and halve its meta learning rate (0: never; default 3)")
+    d.add_argument("--rollback-explosive", type=int, default=5,
+                   help="roll back (as --rollback) when this many of a trial's last 10 meta-gradients were explosive "
+                        "(0: never; default 5)")
     d.add_argument("--max-rollbacks", type=int, default=3, help="rollbacks per trial before --patience decides (default 3)")
     d.add_argument("--remap-labels", action="store_true", help="label tasks 0..M-1 (M outputs) instead of dataset class ids")
     d.add_argument("--dtype", default="float32", choices=("float32", "float64"))
@@ -164,7 +167,7 @@ def cmd_discover(a: argparse.Namespace) -> int:
         rule=rule, feedback=a.feedback, hidden=a.hidden, M=a.M, K=a.K, Q=a.Q,
         remap_labels=a.remap_labels, test_classes=a.test_classes, episodes=a.episodes, trials=a.trials,
         lam=a.lam, l1=a.l1, meta_lr=a.meta_lr, seed=a.seed, grad_mode=a.grad_mode, compile=a.compile, clip=a.clip, explosive=a.explosive, warmup=a.warmup,
-        skip_nonfinite=a.skip_nonfinite, term_scaling=a.term_scaling, patience=a.patience, rollback=a.rollback, max_rollbacks=a.max_rollbacks, checkpoint_every=a.checkpoint_every,
+        skip_nonfinite=a.skip_nonfinite, term_scaling=a.term_scaling, patience=a.patience, rollback=a.rollback, max_rollbacks=a.max_rollbacks, rollback_explosive=a.rollback_explosive, checkpoint_every=a.checkpoint_every,
         dtype=a.dtype, threads=a.threads, chunk=a.chunk, workers=a.workers,
     )
     try:

@@ -68,6 +68,8 @@ DEFAULT_LAMBDA: dict[str, float] = {"pool": 1e-3}
 # stable only with a smaller one on digits: at 1e-3 its trials rise to ~60% by episode 40 and
 # then most collapse to chance or diverge; at 3e-4 all 8 pilot trials kept rising (README).
 DEFAULT_META_LR: dict[str, float] = {"pool": 3e-4}
+# What a setting newer than a checkpoint meant before it existed (resume compares with this)
+LEGACY_SETTINGS: dict[str, Any] = {"rollback_explosive": 0}
 
 
 class DivergenceError(RuntimeError):
@@ -111,6 +113,7 @@ class MetaConfig:
     patience: int = 10
     rollback: int = 3  # non-finite episodes in a row before a trial rolls back (0: never; see step)
     max_rollbacks: int = 3  # per trial; after that, patience decides
+    rollback_explosive: int = 5  # explosive meta-gradients among the last 10 episodes that trigger a rollback (0: never)
     term_scaling: bool = True
     checkpoint_every: int = 25
     dtype: str = "float32"
@@ -145,6 +148,9 @@ class MetaConfig:
             (c.patience >= 1, f"patience must be >= 1, got {c.patience}"),
             (c.rollback >= 0, f"rollback must be >= 0 (0 = off), got {c.rollback}"),
             (c.max_rollbacks >= 0, f"max rollbacks must be >= 0, got {c.max_rollbacks}"),
+            (0 <= c.rollback_explosive <= ROLLBACK_SNAPSHOT,
+             f"rollback-explosive counts explosive episodes among the last {ROLLBACK_SNAPSHOT}: "
+             f"0 (never) to {ROLLBACK_SNAPSHOT}, got {c.rollback_explosive}"),
             (c.chunk >= 1, f"chunk (trials per batched inner loop) must be >= 1, got {c.chunk}"),
             (c.workers >= 1, f"workers (processes) must be >= 1, got {c.workers}"),
             (c.checkpoint_every >= 1, f"checkpoint interval must be >= 1, got {c.checkpoint_every}"),
@@ -356,6 +362,7 @@ class MetaTrainer:
         self.stopped = torch.zeros(T, dtype=torch.bool)
         self.bad_streak = torch.zeros(T, dtype=torch.long)
         self.explosive_streak = [0] * T
+        self.explosive_recent: list[list[int]] = [[] for _ in range(T)]  # 1 per explosive episode, last 10
         # rollback (see step): per trial, its meta learning rate factor, rollbacks so far, and
         # two snapshots of (theta, Adam's v and t) taken every ROLLBACK_SNAPSHOT episodes
         self.lr_factor = torch.ones(T, dtype=self.dtype)
@@ -415,6 +422,7 @@ class MetaTrainer:
             "stopped": self.stopped.clone(),
             "bad_streak": self.bad_streak.clone(),
             "explosive_streak": list(self.explosive_streak),
+            "explosive_recent": [list(r) for r in self.explosive_recent],
             "lr_factor": self.lr_factor.clone(),
             "rollbacks": list(self.rollbacks),
             "snapshots": [[tuple(x.clone() for x in snap) for snap in snaps] for snaps in self.snapshots],
@@ -458,14 +466,20 @@ class MetaTrainer:
         mine = dataclasses.asdict(self.config)
         theirs = s.get("config", {})
         defaults = dataclasses.asdict(MetaConfig())
-        # a setting newer than the checkpoint counts as unchanged while it keeps its default
-        differ = [k for k in mine if k not in ("episodes", "checkpoint_every", "threads", "workers", "data_root", "download")
-                  and not (k not in theirs and str(mine[k]) == str(defaults.get(k)))
-                  and str(theirs.get(k)) != str(mine[k])]
+        # A setting newer than the checkpoint counts as unchanged while it keeps its default, or,
+        # for LEGACY_SETTINGS, the value that matches what the code did before it existed.
+        skip = ("episodes", "checkpoint_every", "threads", "workers", "data_root", "download")
+        differ = []
+        for k in mine:
+            if k in skip:
+                continue
+            theirs_k = theirs.get(k, LEGACY_SETTINGS.get(k, defaults.get(k)))
+            if str(theirs_k) != str(mine[k]):
+                differ.append(f"{k}: {theirs_k} there, {mine[k]} now")
         if differ:
             raise CheckpointError(
-                f"checkpoint {path} was written with different settings ({', '.join(differ)}); "
-                "resume with the original settings (see config.json) or use another --out folder"
+                f"checkpoint {path} was written with different settings ({'; '.join(differ)}); "
+                "resume with the original settings (see config.json and the values above) or use another --out folder"
             )
         self.episode = episode
         self.theta = s["theta"]
@@ -477,6 +491,7 @@ class MetaTrainer:
         self.stopped = s["stopped"]
         self.bad_streak = s["bad_streak"]
         self.explosive_streak = s.get("explosive_streak", self.explosive_streak)
+        self.explosive_recent = s.get("explosive_recent", self.explosive_recent)
         self.lr_factor = s.get("lr_factor", self.lr_factor)
         self.rollbacks = s.get("rollbacks", self.rollbacks)
         self.snapshots = s.get("snapshots", self.snapshots)
@@ -548,6 +563,17 @@ class MetaTrainer:
                 bound = c.clip * float(np.median(hist)) if len(hist) >= 5 else math.inf
                 hist.append(n)
                 del hist[:-20]
+                recent = self.explosive_recent[i]
+                recent.append(int(n > bound))
+                del recent[:-ROLLBACK_SNAPSHOT]
+                if (c.rollback_explosive and sum(recent) >= c.rollback_explosive
+                        and self.rollbacks[i] < c.max_rollbacks):
+                    # a cluster of explosions: theta has crossed into a chaotic region (Stability, 8)
+                    self._roll_back(i)
+                    take[j] = False
+                    notes[j] = "rollback"
+                    self.guarded_steps += 1
+                    continue
                 if n > bound:
                     self.guarded_steps += 1
                     if c.explosive == "skip" and self.explosive_streak[i] < c.patience:
@@ -577,10 +603,12 @@ class MetaTrainer:
             moved = torch.sign(self.theta) * torch.clamp(self.theta.abs() - shrink, min=0.0)
             self.theta = torch.where(full_take[:, None] & (active > 0), moved, self.theta)
 
-        if c.rollback and self.episode % ROLLBACK_SNAPSHOT == 0:
+        if (c.rollback or c.rollback_explosive) and self.episode % ROLLBACK_SNAPSHOT == 0:
             for i in live:
-                if self.bad_streak[i] == 0:
-                    snap = (self.theta[i].clone(), self.adam.v[i].clone(), self.adam.t[i].clone())
+                calm = 2 * sum(self.explosive_recent[i]) < max(c.rollback_explosive, 1)
+                if self.bad_streak[i] == 0 and (calm or not c.rollback_explosive):
+                    snap = (self.theta[i].clone(), self.adam.v[i].clone(), self.adam.t[i].clone(),
+                            torch.tensor(self.norm_history[i], dtype=torch.float64))
                     self.snapshots[i] = (self.snapshots[i] + [snap])[-2:]
 
         # measurements on the query batch with the adapted weights
@@ -610,14 +638,17 @@ class MetaTrainer:
 
     def _roll_back(self, i: int) -> None:
         """Trial i's inner loop has overflowed ``rollback`` episodes in a row at a theta that
-        the skips keep frozen: undo the steps that led there. theta and Adam's second moment
-        go back to the older of the trial's two snapshots (10-20 episodes back, taken after
-        finite episodes only; the initial theta if none), Adam's first moment is zeroed (it
-        points the way into the overflowing region), and the trial's meta learning rate is
+        the skips keep frozen, or exploded in ``rollback_explosive`` of its last 10 episodes:
+        undo the steps that led there. theta, Adam's second moment and the explosive guard's
+        norm history go back to the older of the trial's two snapshots (10-20 episodes back,
+        taken after calm episodes only; the initial theta if none), Adam's first moment is
+        zeroed (it points the way into the bad region), and the trial's meta learning rate is
         halved, as a trust region shrinks after a rejected step."""
         snaps = self.snapshots[i]
+        norms = None
         if snaps:
-            theta, v, t = snaps[0]
+            theta, v, t, *rest = snaps[0]  # snapshots from before explosive rollbacks have no norms
+            norms = rest[0] if rest else None
         else:
             theta = torch.zeros(N_TERMS, dtype=self.dtype)
             theta[0] = self.config.theta0
@@ -626,10 +657,14 @@ class MetaTrainer:
         self.adam.m[i] = 0.0
         self.adam.v[i] = v
         self.adam.t[i] = t
-        self.snapshots[i] = [(theta.clone(), v.clone(), t.clone())]
+        if norms is not None:  # the guard's bound, too, goes back to its calm scale
+            self.norm_history[i] = [float(x) for x in norms]
+        self.snapshots[i] = [tuple(x.clone() for x in snaps[0])] if snaps else []
         self.lr_factor[i] *= 0.5
         self.rollbacks[i] += 1
         self.bad_streak[i] = 0
+        self.explosive_recent[i] = []
+        self.explosive_streak[i] = 0
 
     # ------------------------------------------------------------------ the loop
     def run(self, progress: bool = True, stop_after: int | None = None) -> RunSummary:

@@ -59,6 +59,7 @@ def test_figures_are_regenerated_from_results_folders(tmp_path, capsys):
         (["discover", "--rule", "hebbian"], "unknown rule"),
         (["discover", "--episodes", "0"], "episodes must be >= 1"),
         (["discover", "--lam", "-1"], "lambda .* must be >= 0"),
+        (["discover", "--rollback-explosive", "11"], "among the last 10: 0 \\(never\\) to 10"),
         (["discover", "--dataset", "emnist", "--data-root", "/nonexistent"], "emnist-balanced-train-images-idx3-ubyte"),
         (["evaluate", "--rule", "bp"], "needs a --theta"),
         (["evaluate", "--rule", "bio", "--theta", "0.1,0.2"], "needs 3 numbers"),

@@ -127,6 +127,35 @@ def test_a_trial_stuck_overflowing_rolls_back_to_an_earlier_theta_with_half_the_
     np.testing.assert_allclose(t0.meta_loss.to_numpy(), c0.meta_loss.to_numpy(), rtol=1e-6)  # the other trial is untouched
 
 
+def test_a_cluster_of_explosive_meta_gradients_rolls_the_trial_back_to_its_calm_theta_and_norms(monkeypatch):
+    real = learner.meta_gradient
+    trainer = MetaTrainer(tiny(rule="bio", episodes=18, trials=2, rollback_explosive=5))
+
+    def exploding(theta, ep, mode="adjoint", compile=False):
+        out = real(theta, ep, mode, compile=compile)
+        if 12 <= trainer.episode <= 16:  # trial 1's inner loop explodes five times in a row
+            grad = out.grad.clone()
+            grad[1] *= 1e6
+            return learner.MetaGradient(out.loss, out.accuracy, grad, out.Ws)
+        return out
+
+    monkeypatch.setattr("labkit.meta.meta_gradient", exploding)
+    h = pd.DataFrame(trainer.run(progress=False, stop_after=16).history)
+    t1 = h[h.trial == 1].set_index("episode")
+    assert t1.loc[12:16, "guarded"].tolist() == ["skip-explosive"] * 4 + ["rollback"]
+    # episode 17 will run with the theta that episode 11 ran with (the snapshot after episode 10),
+    # and the guard's bound is back at the scale of the calm episodes before it
+    cols = [f"theta_{r}" for r in (0, 2, 9)]
+    np.testing.assert_array_equal(trainer.theta[1, [0, 2, 9]].numpy(), t1.loc[11, cols].to_numpy(np.float32))
+    assert max(trainer.norm_history[1]) < 1e3 * min(trainer.norm_history[1])
+    assert trainer.lr_factor.tolist() == [1.0, 0.5] and trainer.rollbacks == [0, 1]
+    assert (h[h.trial == 0].guarded.fillna("") == "").all()  # the other trial is untouched
+    off = MetaTrainer(tiny(rule="bio", episodes=16, trials=2, rollback_explosive=0))
+    trainer = off  # the same explosions without the cluster rule: skipped, never rolled back
+    h_off = pd.DataFrame(off.run(progress=False).history)
+    assert "rollback" not in set(h_off.guarded) and off.rollbacks == [0, 0]
+
+
 def test_rollback_state_survives_a_resume(tmp_path, monkeypatch):
     real = learner.meta_gradient
     holder = {}
@@ -366,3 +395,15 @@ def test_proximal_l1_sets_weak_terms_exactly_to_zero_and_coupled_l1_does_not():
 def test_an_unknown_l1_mode_is_refused():
     with pytest.raises(ValueError, match="l1"):
         tiny(rule="pool", l1="sideways").resolved()
+
+
+def test_a_checkpoint_from_before_the_cluster_rollback_resumes_only_as_it_ran(tmp_path):
+    MetaTrainer(tiny(rule="bio", episodes=2, rollback_explosive=0), out=tmp_path).run(progress=False)
+    ckpt = tmp_path / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=False)
+    del state["config"]["rollback_explosive"]  # written by a version without the setting
+    torch.save(state, ckpt)
+    with pytest.raises(CheckpointError, match="rollback_explosive: 0 there, 5 now"):
+        MetaTrainer(tiny(rule="bio", episodes=4), out=tmp_path, resume=True)
+    resumed = MetaTrainer(tiny(rule="bio", episodes=4, rollback_explosive=0), out=tmp_path, resume=True)
+    assert resumed.run(progress=False).theta.shape == (2, 10)
