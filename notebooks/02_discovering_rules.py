@@ -360,8 +360,9 @@ save_figure(fig, FIG_DIR, "02_fig4_alignment.png")
 #
 # **Summary.** Meta-learning the ten-term pool with L1 lifts feedback alignment towards
 # backprop in the online, few-shot regime. In the paper the L1 penalty leaves an interpretable
-# rule with three terms: pseudo-gradient, eHebb and Oja. Here eHebb is always kept and the
-# higher-order terms are often removed, but the decay and $\theta_1$ stay too (table above).
+# rule with three terms: pseudo-gradient, eHebb and Oja. Here L1 removes the higher-order
+# terms and keeps those three in every trial, but the decay (with a negative sign: growth),
+# $\theta_1$ and $\theta_4$ stay too (table above).
 #
 # **Exercises.**
 #
