@@ -19,6 +19,11 @@ Stability guards (all switchable, every action counted in ``history.csv``'s ``gu
   theta for hundreds of episodes. By default (``explosive="skip"``) the step is skipped;
   after ``patience`` skips in a row the gradient is clipped to the bound instead, so a
   trial is never frozen. ``explosive="clip"`` always clips (adaptive clipping).
+* rollback: after ``rollback`` non-finite episodes in a row, or explosive meta-gradients in
+  ``rollback_explosive`` of the last 10 episodes (a cluster: theta has crossed into a chaotic
+  region, where the guard's bound rises with the norms and the huge gradients that pass it
+  inflate Adam's second moment until the trial freezes), the trial returns to a snapshot
+  taken 10-20 episodes earlier with half its meta learning rate (see ``_roll_back``).
 * warm-up: the meta learning rate rises linearly over the first ``warmup`` episodes (default
   20 for rules with several terms). Adam's first steps are sign-sized whatever the quality of
   the gradient (its second-moment estimate rests on a handful of samples), so without
@@ -364,7 +369,8 @@ class MetaTrainer:
         self.explosive_streak = [0] * T
         self.explosive_recent: list[list[int]] = [[] for _ in range(T)]  # 1 per explosive episode, last 10
         # rollback (see step): per trial, its meta learning rate factor, rollbacks so far, and
-        # two snapshots of (theta, Adam's v and t) taken every ROLLBACK_SNAPSHOT episodes
+        # two snapshots of (theta, Adam's v and t, the guard's norm history) taken every
+        # ROLLBACK_SNAPSHOT episodes
         self.lr_factor = torch.ones(T, dtype=self.dtype)
         self.rollbacks = [0] * T
         self.snapshots: list[list[tuple]] = [[] for _ in range(T)]
