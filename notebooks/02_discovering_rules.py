@@ -36,7 +36,7 @@
 # 5. launch the same runs with the `labkit discover` command.
 #
 # Heavy runs are not repeated here: by default the notebook reads the committed result folders
-# in `RESULTS_DIR` (`pool`, `fa_lr`, `bp_lr`, `bio`). If a folder is missing, or in smoke mode,
+# in `RESULTS_DIR` (`pool_20x600`, `fa_lr`, `bp_lr`, `bio_20x600`). If a folder is missing, or in smoke mode,
 # it runs a *tiny* meta-training instead (a few episodes, a few images per class) so that every
 # cell still works; the printout says which happened. Tiny runs demonstrate the mechanics only:
 # their curves are noise. The helpers the notebooks share (`load_or_run`, `save_figure`) live in
@@ -475,10 +475,11 @@ for run in (pool, fa, bp, bio):
 # * In the paper, with an L1 penalty the ten-term pool collapses to $F^{bio}$: pseudo-gradient
 #   + eHebb + Oja, which reaches backprop-like meta-accuracy while the feedback stays random
 #   (Fig. 4). On the digits runs committed here (20 trials x 600 episodes), $F^{bio}$ alone
-#   reaches backprop's level; $F^{pool}$ with proximal L1 ($\lambda = 0.1$) removes the
-#   higher-order terms in about half of its trials but keeps eHebb, the decay and
-#   $\theta_1$, and only 12 of its 20 trials get near backprop: compare the tables above, and
-#   see the README's "What reproduces here" and "Finding lambda".
+#   reaches backprop's level, and so does $F^{pool}$ with proximal L1 ($\lambda = 0.1$; 19
+#   of its 20 trials). L1 removes the pool's higher-order terms and keeps pseudo-gradient,
+#   eHebb and Oja in every trial, but it also keeps the decay (as growth), $\theta_1$ and
+#   $\theta_4$: compare the tables above, and see the README's "What reproduces here" and
+#   "Finding lambda".
 #
 # Next, notebook 03 dissects $F^{bio}$: eHebb aligns the weights with the feedback, Oja makes
 # the forward weights more orthonormal.
