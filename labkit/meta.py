@@ -611,8 +611,8 @@ class MetaTrainer:
 
         if (c.rollback or c.rollback_explosive) and self.episode % ROLLBACK_SNAPSHOT == 0:
             for i in live:
-                calm = 2 * sum(self.explosive_recent[i]) < max(c.rollback_explosive, 1)
-                if self.bad_streak[i] == 0 and (calm or not c.rollback_explosive):
+                calm = not c.rollback_explosive or 2 * sum(self.explosive_recent[i]) < c.rollback_explosive
+                if self.bad_streak[i] == 0 and calm:
                     snap = (self.theta[i].clone(), self.adam.v[i].clone(), self.adam.t[i].clone(),
                             torch.tensor(self.norm_history[i], dtype=torch.float64))
                     self.snapshots[i] = (self.snapshots[i] + [snap])[-2:]

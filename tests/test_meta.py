@@ -129,17 +129,18 @@ def test_a_trial_stuck_overflowing_rolls_back_to_an_earlier_theta_with_half_the_
 
 def test_a_cluster_of_explosive_meta_gradients_rolls_the_trial_back_to_its_calm_theta_and_norms(monkeypatch):
     real = learner.meta_gradient
-    trainer = MetaTrainer(tiny(rule="bio", episodes=18, trials=2, rollback_explosive=5))
+    holder = {}
 
     def exploding(theta, ep, mode="adjoint", compile=False):
         out = real(theta, ep, mode, compile=compile)
-        if 12 <= trainer.episode <= 16:  # trial 1's inner loop explodes five times in a row
+        if 12 <= holder["t"].episode <= 16:  # trial 1's inner loop explodes five times in a row
             grad = out.grad.clone()
             grad[1] *= 1e6
             return learner.MetaGradient(out.loss, out.accuracy, grad, out.Ws)
         return out
 
     monkeypatch.setattr("labkit.meta.meta_gradient", exploding)
+    trainer = holder["t"] = MetaTrainer(tiny(rule="bio", episodes=18, trials=2, rollback_explosive=5))
     h = pd.DataFrame(trainer.run(progress=False, stop_after=16).history)
     t1 = h[h.trial == 1].set_index("episode")
     assert t1.loc[12:16, "guarded"].tolist() == ["skip-explosive"] * 4 + ["rollback"]
@@ -150,8 +151,8 @@ def test_a_cluster_of_explosive_meta_gradients_rolls_the_trial_back_to_its_calm_
     assert max(trainer.norm_history[1]) < 1e3 * min(trainer.norm_history[1])
     assert trainer.lr_factor.tolist() == [1.0, 0.5] and trainer.rollbacks == [0, 1]
     assert (h[h.trial == 0].guarded.fillna("") == "").all()  # the other trial is untouched
-    off = MetaTrainer(tiny(rule="bio", episodes=16, trials=2, rollback_explosive=0))
-    trainer = off  # the same explosions without the cluster rule: skipped, never rolled back
+    # the same explosions without the cluster rule: skipped, never rolled back
+    off = holder["t"] = MetaTrainer(tiny(rule="bio", episodes=16, trials=2, rollback_explosive=0))
     h_off = pd.DataFrame(off.run(progress=False).history)
     assert "rollback" not in set(h_off.guarded) and off.rollbacks == [0, 0]
 
