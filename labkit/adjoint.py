@@ -10,7 +10,7 @@ same gradient differently:
   (activities, errors and the low-rank factors of each update; about 40 kB per trial-step).
 * The backward pass walks the steps in reverse and **reconstructs** each step's weights from
   the next ones by undoing the update, W_t = (W_{t+1} - P_t Q_t^T) / (1 - theta_3): every
-  update of the pool is low rank plus decay (DESIGN.md), so this costs one pass over W.
+  update of the pool is low rank plus decay (:mod:`labkit.rules`), so this costs one pass over W.
 * The adjoint of every step is written out by hand (derivation below), so a step's backward
   pass is a handful of batched products: two over the incoming weight gradient (for the
   update's factors), two or three over W, and one in-place rank-<=4 update of the gradient.
@@ -24,7 +24,8 @@ non-finite, exactly as with autograd, and the meta-trainer's guards treat it the
 Notation (code indices, as in :func:`labkit.learner.online_train`): ``ys[0]`` is the input,
 ``zs[i] = Ws[i] ys[i]``, ``ys[i+1] = softplus(zs[i])`` (softmax for the last layer),
 ``es[L] = ys[L] - onehot``, ``es[j] = g_j * d_j`` with ``d_j = 1 - exp(-beta ys[j])`` and
-``g_j = B_j es[j+1]`` (fa), ``Ws[j]^T es[j+1]`` (bp) or ``D_j es[L]`` (dfa). Layer i's
+``g_j`` the feedback pathway's signal (:mod:`labkit.pathways`: ``B_j es[j+1]`` for fa,
+``Ws[j]^T es[j+1]`` for bp, ``D_j es[L]`` for dfa, ...). Layer i's
 update, with pre = ys[i], e_pre = es[i], post = ys[i+1], e_post = es[i+1], z = zs[i],
 u = Ws[i]^T post, s6 = u . e_pre, s8 = e_post . z, S = 1^T post:
 
@@ -46,44 +47,41 @@ Its adjoint, given Wbar' = dLoss/dW' (bars are gradients):
     s6bar = th7 alphabar + th6 kappabar;  s8bar = th8 kappabar;  ubar = -th9 bbar + s6bar e_pre
     Wbar = (1 - th3) Wbar' + post ubar^T + (forward and feedback terms below)
 
-then the error pass in reverse (gbar_j = es_bar[j] d_j, ys_bar[j] += es_bar[j] g_j beta (1 - d_j),
-es_bar[j+1] += B_j^T gbar_j | Ws[j] gbar_j with Wbar[j] += es[j+1] gbar_j^T | D_j^T gbar_j into
-es_bar[L]), es_bar[L] into ys_bar[L], and the forward pass in reverse (zbar = ys_bar d for
+The update's algebra and this adjoint live in :mod:`labkit.rules` (``layer_factors``,
+``layer_adjoint``), beside the terms' other forms. Then the error pass in reverse
+(gbar_j = es_bar[j] d_j, ys_bar[j] += es_bar[j] g_j beta (1 - d_j), and the pathway's own
+adjoint, :meth:`labkit.pathways.Pathway.signal_adjoint`: es_bar[j+1] += B_j^T gbar_j for fa;
+Ws[j] gbar_j with Wbar[j] += es[j+1] gbar_j^T for bp; D_j^T gbar_j into es_bar[L] for dfa),
+es_bar[L] into ys_bar[L], and the forward pass in reverse (zbar = ys_bar d for
 softplus layers, y (ybar - y.ybar) for the softmax; Wbar[i] += zbar ys[i]^T;
 ys_bar[i] += Ws[i]^T zbar).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-from .feedback import check_kind
+from . import pathways
+from .episode import Episodic, MetaGradient
 from .metrics import query_loss_and_accuracy
 from .networks import softplus
 from .ops import rows_times_W, rows_times_Wt
-from .rules import N_TERMS, USES_PRE_ERROR
+from .rules import (
+    KERNEL_TERMS, N_TERMS, LayerPlan, _dot, kernel_adjoint, kernel_factors, layer_adjoint, layer_factors,
+)
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .learner import Episodic
+
+def _mv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """M v for M (T, a, b), v (T, b) (the pathways' ``mv`` in this engine)."""
+    return rows_times_Wt(v, M)
 
 
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-trial dot product (T, n), (T, n) -> (T, 1)."""
-    return (a * b).sum(-1, keepdim=True)
+def _mtv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """M^T v for M (T, a, b), v (T, a) (the pathways' ``mtv`` in this engine)."""
+    return rows_times_W(v, M)
 
 
 def _add(acc: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
     return x if acc is None else acc + x
-
-
-def _weighted(th: list, ts: set, pairs) -> torch.Tensor | None:
-    """sum of th[r] * factor over the (r, factor) pairs with r in ts (factor None means 1)."""
-    out = None
-    for r, factor in pairs:
-        if r in ts:
-            out = _add(out, th[r] if factor is None else th[r] * factor)
-    return out
 
 
 def _addlr(W: torch.Tensor, P: torch.Tensor, Q: torch.Tensor, sign: float = 1.0) -> None:
@@ -94,35 +92,13 @@ def _addlr(W: torch.Tensor, P: torch.Tensor, Q: torch.Tensor, sign: float = 1.0)
         W.baddbmm_(P, Q, alpha=sign)
 
 
-class _Layer:
-    """Which pieces of the fused update a layer needs (fixed for a whole episode)."""
-
-    __slots__ = ("ts", "u", "s6", "a", "b", "c", "decay", "pre_err")
-
-    def __init__(self, ts: tuple[int, ...]):
-        s = set(ts)
-        self.ts = s
-        self.u = bool(s & {6, 7, 9})
-        self.s6 = bool(s & {6, 7})
-        self.a = bool(s & {0, 2, 5, 7})
-        self.b = bool(s & {1, 6, 8, 9})
-        self.c = 4 in s
-        self.decay = 3 in s
-        self.pre_err = bool(s & USES_PRE_ERROR)
-
-
-# Terms whose update of a layer is e_post (-alpha pre)^T with alpha free of W: with only
-# these in the first layer, its weights stay W_0 - sum_s alpha_s e_s x_s^T (kernel form).
-KERNEL_TERMS = frozenset({0, 5})
-
-
 def _kernel_first_layer(terms, N: int, n_in: int, n_out: int) -> bool:
     """Whether to run the first layer in kernel form (see :func:`meta_gradient_adjoint`).
 
-    Only rules whose first-layer terms are in :data:`KERNEL_TERMS` qualify. Per step the
-    kernel form costs about N * (n_in + n_out) multiply-adds (done in a few large products)
-    against several passes over the n_out x n_in matrix in the dense form, so it is used
-    while N stays below 4 n_in n_out / (n_in + n_out) (559 steps for the paper's 784 -> 170).
+    Only rules whose first-layer terms are in :data:`labkit.rules.KERNEL_TERMS` qualify. Per
+    step the kernel form costs about N * (n_in + n_out) multiply-adds (done in a few large
+    products) against several passes over the n_out x n_in matrix in the dense form, so it is
+    used while N stays below 4 n_in n_out / (n_in + n_out) (559 steps for the paper's 784 -> 170).
     """
     ts = set(terms)
     return bool(ts) and ts <= KERNEL_TERMS and N * (n_in + n_out) <= 4 * n_in * n_out
@@ -131,12 +107,12 @@ def _kernel_first_layer(terms, N: int, n_in: int, n_out: int) -> bool:
 def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float, kernel0: bool = False):
     """One plasticity step forward and its adjoint, as two plain functions for one rule.
 
-    ``th`` is theta's columns, ten (T, 1) tensors, and ``keep`` = 1 - theta_3, (T, 1, 1).
+    ``th`` is theta's columns, N_TERMS (T, 1) tensors, and ``keep`` = 1 - theta_3, (T, 1, 1).
     ``forward(Ws, Bs, x, onehot, th)`` returns the step's tape (activities, errors and
     the update's factors); ``update(Ws, keep, saved, +1 | -1)`` applies or undoes the
     step's update in place; ``backward(Ws, Wbar, Bs, th, tape)`` returns the step's
-    (T, 10) contribution to d loss / d theta and the factors that ``grad_update`` adds to
-    the weight gradient. Which terms act where is fixed here, so ``forward`` and
+    (T, N_TERMS) contribution to d loss / d theta and the factors that ``grad_update`` adds
+    to the weight gradient. Which terms act where is fixed here, so ``forward`` and
     ``backward`` contain no data-dependent branches (``torch.compile`` fuses them whole).
 
     ``kernel0``: the first layer runs in kernel form. ``forward`` then takes its
@@ -145,9 +121,10 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
     the first layer's weight-gradient factor as the vector zbar_0 (T, n_1) (its right
     factor is the input x_t); ``update`` and ``grad_update`` leave ``Ws[0]``/``Wbar[0]`` alone.
     """
-    layers = [_Layer(tuple(ts)) for ts in layer_terms]
-    L = len(layers)
-    lo = 0 if layers[0].pre_err else 1
+    plans = [LayerPlan(tuple(ts)) for ts in layer_terms]
+    pathway = pathways.get(kind)
+    L = len(plans)
+    lo = 0 if plans[0].pre_err else 1
 
     def forward(Ws, Bs, x, onehot, th, z0=None):
         ys = [x]
@@ -161,51 +138,17 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
         ds: list = [None] * L
         es[L] = ys[L] - onehot
         for j in range(L - 1, lo - 1, -1):
-            if kind == "fa":
-                g = rows_times_Wt(es[j + 1], Bs[j])
-            elif kind == "bp":
-                g = rows_times_W(es[j + 1], Ws[j])
-            else:
-                g = rows_times_Wt(es[L], Bs[j])
+            g = pathway.signal(j, Ws, Bs, es, onehot, _mv, _mtv)
             d = -torch.expm1(ys[j] * -beta)
             gs[j], ds[j] = g, d
             es[j] = g * d
         saved = []
         for i in range(L):
-            lay = layers[i]
-            pre, post, e_pre, e_post = ys[i], ys[i + 1], es[i], es[i + 1]
             if kernel0 and i == 0:  # only alpha (and S) are needed: A[t] = alpha e_post
-                S = post.sum(-1, keepdim=True) if 5 in lay.ts else None
-                alpha = _weighted(th, lay.ts, ((0, None), (5, S)))
-                saved.append((None, None, S, None, alpha, None, None, None))
-                continue
-            u = rows_times_W(post, Ws[i]) if lay.u else None
-            s6 = _dot(u, e_pre) if lay.s6 else None
-            S = post.sum(-1, keepdim=True) if 5 in lay.ts else None
-            s8 = _dot(e_post, zs[i]) if 8 in lay.ts else None
-            P, Q = [], []
-            alpha = kappa = None
-            if lay.a:
-                alpha = _weighted(th, lay.ts, ((0, None), (5, S), (7, s6)))
-                a = None if alpha is None else -alpha * pre
-                if 2 in lay.ts:
-                    a = _add(a, -th[2] * e_pre)
-                P.append(e_post)
-                Q.append(a)
-            if lay.b:
-                kappa = _weighted(th, lay.ts, ((1, None), (6, s6), (8, s8)))
-                b = None if kappa is None else -kappa * e_pre
-                if 9 in lay.ts:
-                    b = _add(b, th[9] * (pre - u))
-                P.append(post)
-                Q.append(b)
-            if lay.c:
-                P.append(torch.ones_like(post))
-                Q.append(-th[4] * e_pre)
-            Pm = torch.stack(P, dim=-1) if P else None  # (T, n, k)
-            Qm = torch.stack(Q, dim=1) if Q else None  # (T, k, m)
-            saved.append((u, s6, S, s8, alpha, kappa, Pm, Qm))
-        return ys, zs, es, gs, ds, saved
+                saved.append(kernel_factors(plans[0], th, ys[1]))
+            else:
+                saved.append(layer_factors(plans[i], th, Ws[i], ys, es, zs, i))
+        return ys, zs, es, gs, ds, saved, onehot
 
     def update(Ws, keep, saved, sign: float) -> None:
         # Every layer read the pre-update weights in forward(); apply (sign=1) or undo
@@ -213,19 +156,19 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
         # compiled in-place update becomes an out-of-place one plus a copy (two extra passes).
         for i in range(L):
             Pm, Qm = saved[i][6], saved[i][7]
-            if layers[i].decay and sign > 0:
+            if plans[i].decay and sign > 0:
                 Ws[i].mul_(keep)
             if Pm is not None:
                 _addlr(Ws[i], Pm, Qm, sign)
-            if layers[i].decay and sign < 0:
+            if plans[i].decay and sign < 0:
                 Ws[i].div_(keep)
 
     def backward(Ws, Wbar, Bs, th, tape, v0=None):
         """Ws: the step's starting weights (already undone); Wbar: gradient after the step.
-        Returns the (T, 10) theta-gradient contribution and, per layer, the rank-<=3 factors
-        (left (T, n, k), right (T, k, m)) of Wbar_t - (1 - th3) Wbar_{t+1} (kernel0: the
-        first layer's is zbar_0 alone, see above)."""
-        ys, zs, es, gs, ds, saved = tape
+        Returns the (T, N_TERMS) theta-gradient contribution and, per layer, the rank-<=3
+        factors (left (T, n, k), right (T, k, m)) of Wbar_t - (1 - th3) Wbar_{t+1} (kernel0:
+        the first layer's is zbar_0 alone, see above)."""
+        ys, zs, es, gs, ds, saved, onehot = tape
         thbar: list = [None] * N_TERMS
         ys_bar: list = [None] * (L + 1)
         es_bar: list = [None] * (L + 1)
@@ -233,82 +176,13 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
         ubars: list = [None] * L
         # 2. adjoint of every layer's update (reads Wbar' = Wbar[i] and W_t)
         for i in range(L):
-            lay = layers[i]
-            u, s6, S, s8, alpha, kappa, Pm, Qm = saved[i]
-            pre, post, e_pre, e_post = ys[i], ys[i + 1], es[i], es[i + 1]
             if kernel0 and i == 0:
-                # a = -alpha x: Wbar' a = -alpha v0 and abar . pre = e_post . v0
-                es_bar[1] = _add(es_bar[1], -alpha * v0)
-                alphabar = -_dot(e_post, v0)
-                if 0 in lay.ts:
-                    thbar[0] = _add(thbar[0], alphabar)
-                if 5 in lay.ts:
-                    thbar[5] = _add(thbar[5], alphabar * S)
-                    ys_bar[1] = _add(ys_bar[1], (th[5] * alphabar).expand_as(post))
-                continue
-            Wb = Wbar[i]
-            if lay.decay:
-                thbar[3] = _add(thbar[3], -(Ws[i] * Wb).sum((1, 2)).unsqueeze(-1))
-            if Pm is None:
-                continue
-            G = torch.bmm(Qm, Wb.transpose(1, 2))  # (T, k, n): rows Wbar' q_k
-            H = torch.bmm(Pm.transpose(1, 2), Wb)  # (T, k, m): rows Wbar'^T p_k
-            k = 0
-            e_pre_bar = pre_bar = s6bar = None
-            if lay.a:
-                es_bar[i + 1] = _add(es_bar[i + 1], G[:, k])
-                abar = H[:, k]
-                k += 1
-                if 2 in lay.ts:
-                    thbar[2] = _add(thbar[2], -_dot(abar, e_pre))
-                    e_pre_bar = _add(e_pre_bar, -th[2] * abar)
-                if alpha is not None:
-                    alphabar = -_dot(abar, pre)
-                    pre_bar = _add(pre_bar, -alpha * abar)
-                    if 0 in lay.ts:
-                        thbar[0] = _add(thbar[0], alphabar)
-                    if 5 in lay.ts:
-                        thbar[5] = _add(thbar[5], alphabar * S)
-                        ys_bar[i + 1] = _add(ys_bar[i + 1], (th[5] * alphabar).expand_as(post))
-                    if 7 in lay.ts:
-                        thbar[7] = _add(thbar[7], alphabar * s6)
-                        s6bar = _add(s6bar, th[7] * alphabar)
-            if lay.b:
-                ys_bar[i + 1] = _add(ys_bar[i + 1], G[:, k])
-                bbar = H[:, k]
-                k += 1
-                if kappa is not None:
-                    kappabar = -_dot(bbar, e_pre)
-                    e_pre_bar = _add(e_pre_bar, -kappa * bbar)
-                    if 1 in lay.ts:
-                        thbar[1] = _add(thbar[1], kappabar)
-                    if 6 in lay.ts:
-                        thbar[6] = _add(thbar[6], kappabar * s6)
-                        s6bar = _add(s6bar, th[6] * kappabar)
-                    if 8 in lay.ts:
-                        thbar[8] = _add(thbar[8], kappabar * s8)
-                        s8bar = th[8] * kappabar
-                        es_bar[i + 1] = _add(es_bar[i + 1], s8bar * zs[i])
-                        zs_bar[i] = s8bar * e_post
-                if 9 in lay.ts:
-                    thbar[9] = _add(thbar[9], _dot(bbar, pre - u))
-                    ubars[i] = -th[9] * bbar
-                    pre_bar = _add(pre_bar, th[9] * bbar)
-            if lay.c:
-                cbar = H[:, k]
-                thbar[4] = _add(thbar[4], -_dot(cbar, e_pre))
-                e_pre_bar = _add(e_pre_bar, -th[4] * cbar)
-            if s6bar is not None:
-                e_pre_bar = _add(e_pre_bar, s6bar * u)
-                ubars[i] = _add(ubars[i], s6bar * e_pre)
-            if e_pre_bar is not None:
-                es_bar[i] = _add(es_bar[i], e_pre_bar)
-            if pre_bar is not None and i >= 1:
-                ys_bar[i] = _add(ys_bar[i], pre_bar)
-            if ubars[i] is not None:
-                ys_bar[i + 1] = _add(ys_bar[i + 1], rows_times_Wt(ubars[i], Ws[i]))
-        # 3. the error pass in reverse (upwards)
-        gbars: list = [None] * L
+                kernel_adjoint(plans[0], th, v0, ys, es, saved[0], thbar, ys_bar, es_bar)
+            else:
+                layer_adjoint(plans[i], th, Ws[i], Wbar[i], ys, es, zs, i, saved[i],
+                              thbar, ys_bar, es_bar, zs_bar, ubars)
+        # 3. the error pass in reverse (upwards), through the pathway's own adjoint
+        sig_factors: list = [None] * L
         for j in range(lo, L):
             eb = es_bar[j]
             if eb is None:
@@ -316,13 +190,7 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
             gbar = eb * ds[j]
             if j >= 1:
                 ys_bar[j] = _add(ys_bar[j], eb * gs[j] * (1.0 - ds[j]) * beta)
-            if kind == "fa":
-                es_bar[j + 1] = _add(es_bar[j + 1], rows_times_W(gbar, Bs[j]))
-            elif kind == "bp":
-                es_bar[j + 1] = _add(es_bar[j + 1], rows_times_Wt(gbar, Ws[j]))
-                gbars[j] = gbar
-            else:
-                es_bar[L] = _add(es_bar[L], rows_times_W(gbar, Bs[j]))
+            sig_factors[j] = pathway.signal_adjoint(j, Ws, Bs, es, onehot, gbar, es_bar, _mv, _mtv)
         if es_bar[L] is not None:
             ys_bar[L] = _add(ys_bar[L], es_bar[L])
         # 4. the forward pass in reverse (downwards), and the weight gradient's new factors
@@ -337,7 +205,7 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
                 else:
                     zb = _add(zb, yb * ds[i + 1])
             if kernel0 and i == 0:
-                factors[0] = zb  # times x_t^T: only updates, ubar and gbar are absent here
+                factors[0] = zb  # times x_t^T: only updates, ubar and the signal's factor are absent here
                 continue
             left, right = [], []
             if zb is not None:
@@ -348,9 +216,9 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
             if ubars[i] is not None:
                 left.append(ys[i + 1])
                 right.append(ubars[i])
-            if gbars[i] is not None:
-                left.append(es[i + 1])
-                right.append(gbars[i])
+            if sig_factors[i] is not None:
+                left.append(sig_factors[i][0])
+                right.append(sig_factors[i][1])
             if left:
                 factors[i] = (torch.stack(left, dim=-1), torch.stack(right, dim=1))
         zero = torch.zeros_like(th[0])
@@ -359,7 +227,7 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
     def grad_update(Wbar, keep, factors) -> None:
         """Wbar_t = (1 - th3) Wbar_{t+1} + left right, in place."""
         for i in range(1 if kernel0 else 0, L):
-            if layers[i].decay:
+            if plans[i].decay:
                 Wbar[i].mul_(keep)
             if factors[i] is not None:
                 _addlr(Wbar[i], *factors[i])
@@ -395,10 +263,10 @@ def _first_compiled_call(fn, args):
         raise
 
 
-def meta_gradient_adjoint(theta: torch.Tensor, ep: "Episodic", compile: bool = False):
+def meta_gradient_adjoint(theta: torch.Tensor, ep: Episodic, compile: bool = False) -> MetaGradient:
     """Exact d(query loss)/d(theta) per trial by the hand-derived reverse pass (module docstring).
 
-    theta: (T, 10). Returns :class:`labkit.learner.MetaGradient` (loss, accuracy, grad (T, 10),
+    theta: (T, N_TERMS). Returns :class:`labkit.episode.MetaGradient` (loss, accuracy, grad (T, N_TERMS),
     adapted weights). Same value as ``meta_gradient(theta, ep, "reverse")``. ``compile=True``
     runs each step through ``torch.compile`` (1.3-2x faster for few trials on a CPU, after a
     compilation of 5-35 s per new shape; needs a C++ compiler).
@@ -413,12 +281,10 @@ def meta_gradient_adjoint(theta: torch.Tensor, ep: "Episodic", compile: bool = F
     Wbar_{t+1} x_t = Wbar_K x_t + sum_{s>t} (x_s . x_t) zbar_s. Same numbers up to rounding
     (tests/test_fast_paths.py).
     """
-    from .learner import MetaGradient
-
     L = len(ep.Ws)
     if ep.rule.n_layers != L:
         raise ValueError(f"rule has {ep.rule.n_layers} layers but the network has {L}")
-    check_kind(ep.feedback)
+    pathways.get(ep.feedback)  # a clear error for an unknown pathway
     layer_terms = tuple(tuple(ts) for ts in ep.rule.layer_terms)
     N = ep.x_train.shape[1]
     n1, n0 = ep.Ws[0].shape[1:]
@@ -446,7 +312,7 @@ def meta_gradient_adjoint(theta: torch.Tensor, ep: "Episodic", compile: bool = F
                 tape.append(_first_compiled_call(fwd, args))
             else:
                 tape.append(fwd(*args))
-            _, _, es, _, _, saved = tape[-1]
+            _, _, es, _, _, saved, _ = tape[-1]
             if kernel0:
                 A[:, t] = saved[0][4] * es[1]  # alpha_t e_t (saved[0][4] is the first layer's alpha)
             upd(Ws, keep, saved, 1.0)

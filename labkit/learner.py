@@ -6,36 +6,19 @@ differentiate the whole unrolled loop with respect to theta (the exact meta-grad
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from . import ops
+from .adjoint import meta_gradient_adjoint
+from .episode import Episodic, MetaGradient
 from .feedback import backward
-from .metrics import query_loss_and_accuracy
+from .metrics import alignment_angles, query_loss_and_accuracy
 from .networks import BETA, softplus
 from .rules import USES_PRE_ERROR, Rule, fused_update
 
-
-@dataclass
-class Episodic:
-    """What the inner loop needs besides theta, for T trials.
-
-    Ws: initial forward weights, L tensors (T, n_l, n_{l-1}); Bs: feedback matrices
-    (:func:`labkit.feedback.init_feedback`); x_train: (T, N, n_0) in presentation order;
-    y_train: (T, N) labels; x_query: (T, Q, n_0); y_query: (T, Q).
-    """
-
-    Ws: list[torch.Tensor]
-    Bs: list[torch.Tensor]
-    feedback: str
-    rule: Rule
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_query: torch.Tensor
-    y_query: torch.Tensor
-    beta: float = BETA
+__all__ = ["Episodic", "MetaGradient", "GRAD_MODES", "online_train", "episode_loss", "meta_gradient", "learning_curve"]
 
 
 def online_train(
@@ -78,7 +61,7 @@ def online_train(
             zs.append(z)
             ys.append(softplus(z, beta) if l < L - 1 else torch.softmax(z, dim=-1))
         e_L = ys[-1] - onehot[:, t]
-        es = backward(feedback, Ws, Bs, ys, e_L, beta, need_e0=need_pre[0])
+        es = backward(feedback, Ws, Bs, ys, e_L, beta, need_e0=need_pre[0], target=onehot[:, t])
         Ws = [
             fused_update(theta, layer_terms[l], Ws[l], ys[l], ys[l + 1], es[l], es[l + 1], zs[l])
             for l in range(L)
@@ -86,15 +69,6 @@ def online_train(
         if callback is not None and ((t + 1) % every == 0 or t + 1 == N):
             callback(t + 1, Ws)
     return Ws
-
-
-class MetaGradient(NamedTuple):
-    """Result of :func:`meta_gradient` for T trials."""
-
-    loss: torch.Tensor  # (T,) query cross-entropy after adaptation
-    accuracy: torch.Tensor  # (T,) query accuracy after adaptation
-    grad: torch.Tensor  # (T, 10) d loss_i / d theta_i (zero for inactive terms)
-    Ws: list[torch.Tensor]  # adapted weights, detached
 
 
 def episode_loss(theta: torch.Tensor, ep: Episodic) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
@@ -125,8 +99,6 @@ def meta_gradient(theta: torch.Tensor, ep: Episodic, mode: str = "adjoint", comp
     if compile and mode != "adjoint":
         raise ValueError("compile=True works with mode='adjoint' only")
     if mode == "adjoint":
-        from .adjoint import meta_gradient_adjoint
-
         return meta_gradient_adjoint(theta, ep, compile=compile)
     if mode == "reverse":
         th = theta.clone().requires_grad_(True)
@@ -173,14 +145,12 @@ def learning_curve(
     every: int = 50,
     beta: float = BETA,
 ) -> dict[str, torch.Tensor]:
-    """Online learning curve (PAPER.md Fig 1): train on the stream ``x: (T, N, n_0)``, ``y: (T, N)``
+    """Online learning curve (the paper's Fig 1): train on the stream ``x: (T, N, n_0)``, ``y: (T, N)``
     one sample at a time, and every ``every`` samples measure on ``x_eval: (T, E, n_0)``.
 
     Returns ``{"steps": (S,), "accuracy": (T, S), "loss": (T, S), "alpha": (T, S, L-1)}`` where
     alpha are the teaching-signal angles to backprop (:func:`labkit.metrics.alignment_angles`).
     """
-    from .metrics import alignment_angles
-
     steps, accs, losses, alphas = [], [], [], []
 
     def record(step: int, W_now: list[torch.Tensor]) -> None:

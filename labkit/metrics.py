@@ -1,4 +1,4 @@
-"""Accuracy, loss, alignment angles, weight angles and orthonormality (PAPER.md, "Measurements").
+"""Accuracy, loss, alignment angles, weight angles and orthonormality (docs/architecture.md, "Measurements").
 
 All functions take batched trials: ``Ws[l-1]: (T, n_l, n_{l-1})``, a query batch
 ``x: (T, N, n_0)`` and integer labels ``y: (T, N)``; they return per-trial tensors.
@@ -10,7 +10,7 @@ from typing import Sequence
 
 import torch
 
-from .feedback import backward
+from .feedback import backward, get_pathway
 from .networks import BETA, forward, logits
 
 
@@ -55,9 +55,10 @@ def alignment_angles(
     alpha_L = 0 by construction and is not returned.
     """
     _, ys = forward(Ws, x, beta)
-    e_L = ys[-1] - torch.nn.functional.one_hot(y, ys[-1].shape[-1]).to(ys[-1].dtype)
-    es_fb = backward(feedback, Ws, Bs, ys, e_L, beta, need_e0=False)
-    es_bp = backward("bp", Ws, [], ys, e_L, beta, need_e0=False)
+    target = torch.nn.functional.one_hot(y, ys[-1].shape[-1]).to(ys[-1].dtype)
+    e_L = ys[-1] - target
+    es_fb = backward(feedback, Ws, Bs, ys, e_L, beta, need_e0=False, target=target)
+    es_bp = backward("bp", Ws, [], ys, e_L, beta, need_e0=False, target=target)
     L = len(Ws)
     return torch.stack(
         [vector_angle(es_fb[l].mean(1), es_bp[l].mean(1)) for l in range(1, L)], dim=-1
@@ -68,16 +69,19 @@ def alignment_angles(
 def weight_angles(Ws: Sequence[torch.Tensor], Bs: Sequence[torch.Tensor], feedback: str) -> torch.Tensor:
     """Angle in degrees between W_l and B_l^T (flattened), l = 1..L: (T, L).
 
-    0 under backprop (B = W^T); NaN under direct feedback alignment, where the feedback
-    matrices do not have the shape of W^T.
+    B_l is the matrix the pathway sends layer l's error back through
+    (:meth:`labkit.pathways.Pathway.feedback_matrices`): 0 under backprop (B = W^T by
+    definition); NaN where the pathway has no such matrix (direct feedback alignment, DRTP).
     """
     T = Ws[0].shape[0]
-    if feedback == "bp":
+    pathway = get_pathway(feedback)
+    if pathway.transports_weights:
         return torch.zeros(T, len(Ws), dtype=Ws[0].dtype)
-    if feedback != "fa":
+    Bt = pathway.feedback_matrices(Ws, Bs)
+    if Bt is None:
         return torch.full((T, len(Ws)), math.nan, dtype=Ws[0].dtype)
     return torch.stack(
-        [vector_angle(W.reshape(T, -1), B.transpose(1, 2).reshape(T, -1)) for W, B in zip(Ws, Bs)], dim=-1
+        [vector_angle(W.reshape(T, -1), B.transpose(1, 2).reshape(T, -1)) for W, B in zip(Ws, Bt)], dim=-1
     )
 
 

@@ -1,6 +1,6 @@
 """Fully connected networks without biases, batched over independent trials.
 
-Conventions (PAPER.md, "Network and signals"):
+Conventions (docs/architecture.md, "Network and signals"):
 
 * ``sizes = (n_0, n_1, ..., n_L)``; weight layer ``l`` (1-based in the paper, index
   ``l - 1`` in Python lists) maps layer ``l-1`` to layer ``l``.

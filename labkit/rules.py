@@ -1,6 +1,7 @@
-"""The ten-term plasticity pool (PAPER.md, "The plasticity-term pool") and named rules.
+"""The plasticity rules: which terms act, and their algebra in three forms.
 
-For weight layer l ("pre" = layer l-1, "post" = layer l), with one sample per trial,
+The terms themselves (index, name, equation, ...) are declared in :mod:`labkit.terms`. For
+weight layer l ("pre" = layer l-1, "post" = layer l), with one sample per trial,
 
     W_l <- W_l + sum_r theta_r F^r
 
@@ -17,14 +18,22 @@ For weight layer l ("pre" = layer l-1, "post" = layer l), with one sample per tr
 | 8 | -(e_l^T W_l y_{l-1}) y_l e_{l-1}^T          higher order |
 | 9 | y_l y_{l-1}^T - y_l y_l^T W_l               Oja's rule |
 
-:func:`pool_term` computes each term exactly as printed (the reference);
-:func:`fused_update` computes the whole weighted sum as one rank-<=3 update plus decay
-(DESIGN.md): with s = 1^T y_l, u = W^T y_l, s6 = u . e_{l-1}, s8 = e_l . z_l,
+Three forms of the same algebra live here, so that a new term is added in one file
+(docs/architecture.md, "Add a term"):
 
-    sum_r theta_r F^r = e_l a^T + y_l b^T + 1 c^T - theta_3 W
-    a = -(theta_0 + theta_5 s + theta_7 s6) y_{l-1} - theta_2 e_{l-1}
-    b = -(theta_1 + theta_6 s6 + theta_8 s8) e_{l-1} + theta_9 (y_{l-1} - u)
-    c = -theta_4 e_{l-1}
+1. :func:`pool_term` computes each term exactly as printed (the reference, for tests).
+2. :func:`fused_update` computes the whole weighted sum as one rank-<=3 update plus decay
+   (the autograd engine differentiates through it): with s = 1^T y_l, u = W^T y_l,
+   s6 = u . e_{l-1}, s8 = e_l . z_l,
+
+       sum_r theta_r F^r = e_l a^T + y_l b^T + 1 c^T - theta_3 W
+       a = -(theta_0 + theta_5 s + theta_7 s6) y_{l-1} - theta_2 e_{l-1}
+       b = -(theta_1 + theta_6 s6 + theta_8 s8) e_{l-1} + theta_9 (y_{l-1} - u)
+       c = -theta_4 e_{l-1}
+
+3. :func:`layer_factors` and :func:`layer_adjoint`: the same update as factors (P, Q) with
+   W' = (1 - theta_3) W + P Q, and its hand-derived adjoint, for the engine of
+   :mod:`labkit.adjoint` (the derivation is in that module's docstring).
 """
 from __future__ import annotations
 
@@ -34,34 +43,7 @@ from typing import Iterable, Sequence
 import torch
 
 from . import ops
-
-N_TERMS = 10
-TERM_NAMES: tuple[str, ...] = (
-    "pseudo-gradient",
-    "post activity x pre error",
-    "eHebb",
-    "weight decay",
-    "pre error broadcast",
-    "scaled pseudo-gradient",
-    "higher order (y W e) y e",
-    "higher order (y W e) e y",
-    "higher order (e W y) y e",
-    "Oja",
-)
-# Terms that read the pre-synaptic error e_{l-1} (layer 1 then needs the synthetic e_0).
-USES_PRE_ERROR = frozenset({1, 2, 4, 6, 7, 8})
-
-NAMED_RULES: dict[str, tuple[int, ...]] = {
-    "fa": (0,),
-    "bp": (0,),
-    "dfa": (0,),
-    "ehebb": (0, 2),
-    "oja": (0, 9),
-    "bio": (0, 2, 9),
-    "pool": tuple(range(N_TERMS)),
-}
-# The feedback pathway a named rule implies when none is given.
-DEFAULT_FEEDBACK: dict[str, str] = {"bp": "bp", "dfa": "dfa"}
+from .terms import DEFAULT_FEEDBACK, N_TERMS, NAMED_RULES, TERM_NAMES, USES_PRE_ERROR  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -69,7 +51,7 @@ class Rule:
     """Which terms are plastic in each layer. Coefficients theta live outside (meta-learned).
 
     ``layer_terms[l-1]`` is the tuple of term indices active in weight layer l; one theta
-    vector is shared by all layers (PAPER.md), so a term absent from a layer simply does
+    vector is shared by all layers (as in the paper), so a term absent from a layer simply does
     not act there (Table 1 chooses terms layer by layer).
     """
 
@@ -96,10 +78,10 @@ class Rule:
 def _check_terms(terms: Iterable[int]) -> tuple[int, ...]:
     ts = tuple(sorted(set(int(r) for r in terms)))
     if not ts:
-        raise ValueError("a rule needs at least one term; choose from 0..9")
+        raise ValueError(f"a rule needs at least one term; choose from 0..{N_TERMS - 1}")
     bad = [r for r in ts if not 0 <= r < N_TERMS]
     if bad:
-        raise ValueError(f"unknown plasticity terms {bad}; terms are numbered 0..9")
+        raise ValueError(f"unknown plasticity terms {bad}; terms are numbered 0..{N_TERMS - 1}")
     return ts
 
 
@@ -168,7 +150,7 @@ def pool_term(
         return -quad(e_post, y_pre) * outer(y_post, e_pre)
     if r == 9:
         return outer(y_post, y_pre) - outer(y_post, y_post) @ W
-    raise ValueError(f"unknown plasticity term {r}; terms are numbered 0..9")
+    raise ValueError(f"unknown plasticity term {r}; terms are numbered 0..{N_TERMS - 1}")
 
 
 def fused_update(
@@ -233,3 +215,186 @@ def fused_update(
     U = torch.stack(cols_u, dim=-1)  # (T, n_post, k)
     V = torch.stack(cols_v, dim=1)  # (T, k, n_pre)
     return ops.lowrank_update(base, U, V)
+
+
+# ---------------------------------------------------------------------------------------------
+# Form 3: factors and hand-derived adjoint of one layer's update (for labkit.adjoint).
+#
+# Arguments, per layer i of one plasticity step (code indices as in labkit.adjoint):
+# ``th``: theta's columns, N_TERMS tensors (T, 1); ``W``: the layer's weights before the step;
+# ``ys, es, zs``: the step's activities, errors and pre-activations (lists over layers);
+# ``saved``: what layer_factors returned. Gradients ("bars") are lists holding None for zero.
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-trial dot product (T, n), (T, n) -> (T, 1)."""
+    return (a * b).sum(-1, keepdim=True)
+
+
+def _add(acc: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    return x if acc is None else acc + x
+
+
+def _weighted(th: list, ts: set, pairs) -> torch.Tensor | None:
+    """sum of th[r] * factor over the (r, factor) pairs with r in ts (factor None means 1)."""
+    out = None
+    for r, factor in pairs:
+        if r in ts:
+            out = _add(out, th[r] if factor is None else th[r] * factor)
+    return out
+
+
+class LayerPlan:
+    """Which pieces of the fused update a layer's terms need (fixed for a whole episode)."""
+
+    __slots__ = ("ts", "u", "s6", "a", "b", "c", "decay", "pre_err")
+
+    def __init__(self, ts: Iterable[int]):
+        s = set(ts)
+        self.ts = s
+        self.u = bool(s & {6, 7, 9})  # u = W^T post
+        self.s6 = bool(s & {6, 7})  # s6 = u . e_pre
+        self.a = bool(s & {0, 2, 5, 7})  # a factor multiplying e_post
+        self.b = bool(s & {1, 6, 8, 9})  # a factor multiplying post
+        self.c = 4 in s  # a factor multiplying 1
+        self.decay = 3 in s
+        self.pre_err = bool(s & USES_PRE_ERROR)
+
+
+# Terms whose update of a layer is e_post (-alpha pre)^T with alpha free of W: with only
+# these in the first layer, its weights stay W_0 - sum_s alpha_s e_s x_s^T (kernel form).
+KERNEL_TERMS = frozenset({0, 5})
+
+
+def layer_factors(plan: LayerPlan, th: list, W: torch.Tensor, ys: list, es: list, zs: list, i: int) -> tuple:
+    """Layer i's update as factors: W' = (1 - th3) W + Pm Qm, Pm (T, n, k), Qm (T, k, m).
+
+    Returns ``(u, s6, S, s8, alpha, kappa, Pm, Qm)`` (None where a piece is not needed),
+    everything :func:`layer_adjoint` reads back.
+    """
+    pre, post, e_pre, e_post = ys[i], ys[i + 1], es[i], es[i + 1]
+    u = ops.rows_times_W(post, W) if plan.u else None
+    s6 = _dot(u, e_pre) if plan.s6 else None
+    S = post.sum(-1, keepdim=True) if 5 in plan.ts else None
+    s8 = _dot(e_post, zs[i]) if 8 in plan.ts else None
+    P, Q = [], []
+    alpha = kappa = None
+    if plan.a:
+        alpha = _weighted(th, plan.ts, ((0, None), (5, S), (7, s6)))
+        a = None if alpha is None else -alpha * pre
+        if 2 in plan.ts:
+            a = _add(a, -th[2] * e_pre)
+        P.append(e_post)
+        Q.append(a)
+    if plan.b:
+        kappa = _weighted(th, plan.ts, ((1, None), (6, s6), (8, s8)))
+        b = None if kappa is None else -kappa * e_pre
+        if 9 in plan.ts:
+            b = _add(b, th[9] * (pre - u))
+        P.append(post)
+        Q.append(b)
+    if plan.c:
+        P.append(torch.ones_like(post))
+        Q.append(-th[4] * e_pre)
+    Pm = torch.stack(P, dim=-1) if P else None  # (T, n, k)
+    Qm = torch.stack(Q, dim=1) if Q else None  # (T, k, m)
+    return u, s6, S, s8, alpha, kappa, Pm, Qm
+
+
+def layer_adjoint(
+    plan: LayerPlan, th: list, W: torch.Tensor, Wb: torch.Tensor, ys: list, es: list, zs: list, i: int,
+    saved: tuple, thbar: list, ys_bar: list, es_bar: list, zs_bar: list, ubars: list,
+) -> None:
+    """Adjoint of layer i's update, given ``Wb`` = dLoss/dW' (W' the updated weights).
+
+    Adds in place into ``thbar`` (per term, (T, 1)), ``ys_bar``, ``es_bar``, ``zs_bar`` and
+    ``ubars`` (the gradient of u = W^T post, (T, m)); the weight gradient's own terms are
+    formed by the engine from ``zs_bar``/``ubars``. Derivation: :mod:`labkit.adjoint`.
+    """
+    u, s6, S, s8, alpha, kappa, Pm, Qm = saved
+    pre, post, e_pre, e_post = ys[i], ys[i + 1], es[i], es[i + 1]
+    if plan.decay:
+        thbar[3] = _add(thbar[3], -(W * Wb).sum((1, 2)).unsqueeze(-1))
+    if Pm is None:
+        return
+    G = torch.bmm(Qm, Wb.transpose(1, 2))  # (T, k, n): rows Wbar' q_k
+    H = torch.bmm(Pm.transpose(1, 2), Wb)  # (T, k, m): rows Wbar'^T p_k
+    k = 0
+    e_pre_bar = pre_bar = s6bar = None
+    if plan.a:
+        es_bar[i + 1] = _add(es_bar[i + 1], G[:, k])
+        abar = H[:, k]
+        k += 1
+        if 2 in plan.ts:
+            thbar[2] = _add(thbar[2], -_dot(abar, e_pre))
+            e_pre_bar = _add(e_pre_bar, -th[2] * abar)
+        if alpha is not None:
+            alphabar = -_dot(abar, pre)
+            pre_bar = _add(pre_bar, -alpha * abar)
+            if 0 in plan.ts:
+                thbar[0] = _add(thbar[0], alphabar)
+            if 5 in plan.ts:
+                thbar[5] = _add(thbar[5], alphabar * S)
+                ys_bar[i + 1] = _add(ys_bar[i + 1], (th[5] * alphabar).expand_as(post))
+            if 7 in plan.ts:
+                thbar[7] = _add(thbar[7], alphabar * s6)
+                s6bar = _add(s6bar, th[7] * alphabar)
+    if plan.b:
+        ys_bar[i + 1] = _add(ys_bar[i + 1], G[:, k])
+        bbar = H[:, k]
+        k += 1
+        if kappa is not None:
+            kappabar = -_dot(bbar, e_pre)
+            e_pre_bar = _add(e_pre_bar, -kappa * bbar)
+            if 1 in plan.ts:
+                thbar[1] = _add(thbar[1], kappabar)
+            if 6 in plan.ts:
+                thbar[6] = _add(thbar[6], kappabar * s6)
+                s6bar = _add(s6bar, th[6] * kappabar)
+            if 8 in plan.ts:
+                thbar[8] = _add(thbar[8], kappabar * s8)
+                s8bar = th[8] * kappabar
+                es_bar[i + 1] = _add(es_bar[i + 1], s8bar * zs[i])
+                zs_bar[i] = s8bar * e_post
+        if 9 in plan.ts:
+            thbar[9] = _add(thbar[9], _dot(bbar, pre - u))
+            ubars[i] = -th[9] * bbar
+            pre_bar = _add(pre_bar, th[9] * bbar)
+    if plan.c:
+        cbar = H[:, k]
+        thbar[4] = _add(thbar[4], -_dot(cbar, e_pre))
+        e_pre_bar = _add(e_pre_bar, -th[4] * cbar)
+    if s6bar is not None:
+        e_pre_bar = _add(e_pre_bar, s6bar * u)
+        ubars[i] = _add(ubars[i], s6bar * e_pre)
+    if e_pre_bar is not None:
+        es_bar[i] = _add(es_bar[i], e_pre_bar)
+    if pre_bar is not None and i >= 1:
+        ys_bar[i] = _add(ys_bar[i], pre_bar)
+    if ubars[i] is not None:
+        ys_bar[i + 1] = _add(ys_bar[i + 1], ops.rows_times_Wt(ubars[i], W))
+
+
+def kernel_factors(plan: LayerPlan, th: list, post: torch.Tensor) -> tuple:
+    """First layer in kernel form (terms in :data:`KERNEL_TERMS`): only alpha (and S) are
+    needed, the update being e_post (-alpha x)^T. Same tuple layout as :func:`layer_factors`."""
+    S = post.sum(-1, keepdim=True) if 5 in plan.ts else None
+    alpha = _weighted(th, plan.ts, ((0, None), (5, S)))
+    return None, None, S, None, alpha, None, None, None
+
+
+def kernel_adjoint(
+    plan: LayerPlan, th: list, v0: torch.Tensor, ys: list, es: list, saved: tuple,
+    thbar: list, ys_bar: list, es_bar: list,
+) -> None:
+    """Adjoint of the kernel-form first layer, given v0 = Wbar'_0 x_t (T, n_1):
+    with a = -alpha x, Wbar' a = -alpha v0 and abar . pre = e_post . v0."""
+    S, alpha = saved[2], saved[4]
+    post, e_post = ys[1], es[1]
+    es_bar[1] = _add(es_bar[1], -alpha * v0)
+    alphabar = -_dot(e_post, v0)
+    if 0 in plan.ts:
+        thbar[0] = _add(thbar[0], alphabar)
+    if 5 in plan.ts:
+        thbar[5] = _add(thbar[5], alphabar * S)
+        ys_bar[1] = _add(ys_bar[1], (th[5] * alphabar).expand_as(post))
