@@ -17,10 +17,10 @@ subprocess of this script (``--single``), so that its peak RSS is its own.
 
 Rows with ``workers`` > 1 time what ``labkit discover --workers W`` does: the T trials are cut
 into equal chunks, a multiple of W of them, of at most 4 trials (``--chunk``'s default), whose
-meta-gradients W spawned processes with one thread each compute in parallel (``labkit.meta._meta_gradient``); the
-unit also includes shipping each chunk's episode to its worker and the results back. Their
-peak MB is the largest worker's whole peak RSS ("abs": torch and the compiler included), not
-an increase over a baseline.
+meta-gradients W spawned processes with one thread each compute in parallel
+(``labkit.meta.chunked_meta_gradient``); the unit also includes shipping each chunk's episode to
+its worker and the results back. Their peak MB is the largest worker's whole peak RSS ("abs":
+torch and the compiler included), not an increase over a baseline.
 
 Run from the repository root:
 
@@ -90,6 +90,7 @@ def run_single(cfg: dict) -> dict:
     from labkit.learner import Episodic, meta_gradient
     from labkit.networks import init_weights
     from labkit.rules import make_rule
+    from labkit.terms import N_TERMS
 
     device = torch.device(cfg["device"])
     cuda = device.type == "cuda"
@@ -106,7 +107,7 @@ def run_single(cfg: dict) -> dict:
     workers = int(cfg.get("workers", 1))
     pool = None
     if workers > 1:
-        from labkit.meta import MetaConfig, _meta_gradient, worker_pool
+        from labkit.meta import MetaConfig, chunked_meta_gradient, worker_pool
 
         pool = worker_pool(workers, threads)
         chunking = MetaConfig(grad_mode=mode, compile=compile_, workers=workers)  # default chunk, as discover
@@ -129,7 +130,7 @@ def run_single(cfg: dict) -> dict:
     # unit starts from it again (untimed reset after the Adam step): otherwise the pool's ten
     # coefficients drift by ~1e-3 per unit in the directions of random-data gradients and its
     # inner loop overflows after a few units, which leaves the work the same but the loss NaN.
-    theta = torch.zeros(T, 10, dtype=dtype, device=device)
+    theta = torch.zeros(T, N_TERMS, dtype=dtype, device=device)
     theta[:, 0] = 1e-3
     theta_start = theta.clone()
     opt = torch.optim.Adam([theta], lr=1e-3)
@@ -154,16 +155,16 @@ def run_single(cfg: dict) -> dict:
         if pool is None:
             mg = meta_gradient(theta.detach(), ep, mode, compile=compile_)
         else:
-            mg = _meta_gradient(theta.detach(), ep, chunking, pool)
+            mg = chunked_meta_gradient(theta.detach(), ep, chunking, pool)
         sync()
         t2 = time.perf_counter()
-        theta.grad = mg[2].to(theta.dtype)  # (loss, accuracy, grad, ...)
+        theta.grad = mg.grad.to(theta.dtype)
         opt.step()
         sync()
         t3 = time.perf_counter()
         with torch.no_grad():
             theta.copy_(theta_start)
-        return (t3 - t0, t1 - t0, t2 - t1, t3 - t2), mg[0]
+        return (t3 - t0, t1 - t0, t2 - t1, t3 - t2), mg.loss
 
     data = draw_data()
     if cuda:

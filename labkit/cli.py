@@ -2,16 +2,66 @@
 
 ``labkit discover`` with no flags meta-learns the pool rule with feedback alignment on the
 offline digits dataset (the README's main job). Every flag is validated before any work.
+Its flags are :class:`labkit.meta.MetaConfig`'s fields, by name (``--meta-lr`` sets
+``meta_lr``), with MetaConfig's defaults unless listed in :data:`DISCOVER_DEFAULTS`; the
+feedback pathways offered are those registered in :mod:`labkit.pathways`, the terms those of
+:mod:`labkit.terms`.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
+
+from .feedback import FEEDBACK_KINDS
+from .meta import MetaConfig
+from .terms import N_TERMS, NAMED_RULES, TERMS
 
 DEFAULT_TRIALS = 4
 DEFAULT_EPISODES = 200
+#: Where ``labkit discover``'s defaults differ from MetaConfig's (a run of minutes, not hours).
+DISCOVER_DEFAULTS: dict[str, Any] = {"trials": DEFAULT_TRIALS, "episodes": DEFAULT_EPISODES}
+#: MetaConfig fields that do not take the value of the argparse dest of the same name.
+RENAMED: dict[str, Callable[[argparse.Namespace], Any]] = {
+    "rule": lambda a: a.terms if a.terms is not None else a.rule,  # --terms is --rule with a term list
+}
+#: MetaConfig fields without a flag (they keep MetaConfig's default on the command line).
+NOT_ON_THE_COMMAND_LINE: frozenset[str] = frozenset({"theta0"})
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (the usage of ``discover`` alone is a
+    screenful): what is wrong, and where the flags are listed."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _default(name: str) -> Any:
+    """``labkit discover``'s default for MetaConfig field ``name``."""
+    if name in DISCOVER_DEFAULTS:
+        return DISCOVER_DEFAULTS[name]
+    return next(f.default for f in dataclasses.fields(MetaConfig) if f.name == name)
+
+
+def config_from_args(a: argparse.Namespace) -> MetaConfig:
+    """The MetaConfig of parsed ``labkit discover`` arguments: each field from the dest of the
+    same name (or :data:`RENAMED`); fields without a flag keep their defaults."""
+    kw = {}
+    for f in dataclasses.fields(MetaConfig):
+        if f.name in RENAMED:
+            kw[f.name] = RENAMED[f.name](a)
+        elif hasattr(a, f.name):
+            kw[f.name] = getattr(a, f.name)
+    return MetaConfig(**kw)
+
+
+def _feedback_help(what: str) -> str:
+    from . import pathways
+
+    return f"{what}: " + ", ".join(f"{k} ({pathways.get(k).label})" for k in FEEDBACK_KINDS)
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -55,23 +105,24 @@ def _theta(text: str) -> list[float]:
 def _add_data_flags(p: argparse.ArgumentParser) -> None:
     from .data import DATASETS
 
-    p.add_argument("--dataset", default="digits", choices=DATASETS, help="dataset (default: offline digits)")
+    p.add_argument("--dataset", default=_default("dataset"), choices=DATASETS, help="dataset (default: offline digits)")
     p.add_argument("--data-root", default=None, help="folder with torchvision's layout (default: $LABKIT_DATA or ./data)")
     p.add_argument("--download", action="store_true", help="let torchvision download a missing dataset (needs internet)")
-    p.add_argument("--input-scale", type=_scale, default="auto", help="pixel scale: 'auto' (digits: match MNIST's mean ink) or a number")
-    p.add_argument("--hidden", type=_int_list, default=(170, 130, 100, 70), help="hidden layer sizes (default 170,130,100,70)")
-    p.add_argument("--M", type=int, default=5, help="classes per task (default 5)")
-    p.add_argument("--K", type=int, default=50, help="training images per class (default 50)")
-    p.add_argument("--Q", type=int, default=10, help="query images per class (default 10)")
-    p.add_argument("--test-classes", type=int, default=0, help="classes held out of meta-training (default 0)")
+    p.add_argument("--input-scale", type=_scale, default=_default("input_scale"),
+                   help="pixel scale: 'auto' (digits: match MNIST's mean ink) or a number")
+    hidden = _default("hidden")
+    p.add_argument("--hidden", type=_int_list, default=hidden,
+                   help=f"hidden layer sizes (default {','.join(map(str, hidden))})")
+    p.add_argument("--M", type=int, default=_default("M"), help="classes per task")
+    p.add_argument("--K", type=int, default=_default("K"), help="training images per class")
+    p.add_argument("--Q", type=int, default=_default("Q"), help="query images per class")
+    p.add_argument("--test-classes", type=int, default=_default("test_classes"), help="classes held out of meta-training")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .feedback import FEEDBACK_KINDS
     from .learner import GRAD_MODES
-    from .rules import NAMED_RULES
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="labkit",
         description="Meta-learn plasticity rules with random feedback pathways "
         "(Shervani-Tabar & Rosenbaum, Nat. Commun. 2023).",
@@ -81,29 +132,33 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("discover", help="meta-learn a plasticity rule (the main job)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_data_flags(d)
-    d.add_argument("--rule", default="pool", help=f"named rule ({', '.join(NAMED_RULES)}) or terms like '0,2,9'")
-    d.add_argument("--terms", default=None, help="same as --rule with a term list, e.g. '0,2,9'")
-    d.add_argument("--feedback", default=None, choices=FEEDBACK_KINDS, help="feedback pathway (default: from the rule, else fa)")
-    d.add_argument("--episodes", type=int, default=DEFAULT_EPISODES, help="meta-training episodes")
-    d.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help="independent trials, run batched")
+    terms = ", ".join(f"{t.index} {t.name}" for t in TERMS)
+    d.add_argument("--rule", default=_default("rule"),
+                   help=f"named rule ({', '.join(NAMED_RULES)}) or term numbers like '0,2,9' (0..{N_TERMS - 1})")
+    d.add_argument("--terms", default=None, help=f"same as --rule with a list of term numbers, e.g. '0,2,9'; the terms: {terms}")
+    d.add_argument("--feedback", default=None, choices=FEEDBACK_KINDS, metavar="PATHWAY",
+                   help=_feedback_help("feedback pathway (default: from the rule, else fa)"))
+    d.add_argument("--episodes", type=int, default=_default("episodes"), help="meta-training episodes")
+    d.add_argument("--trials", type=int, default=_default("trials"), help="independent trials, run batched")
     d.add_argument("--lam", "--lambda", dest="lam", type=float, default=None, help="L1 strength (default: 1e-3 for pool, else 0)")
-    d.add_argument("--l1", default="coupled", choices=("coupled", "proximal"),
+    d.add_argument("--l1", default=_default("l1"), choices=("coupled", "proximal"),
                    help="how L1 acts: coupled (lam*sign(theta) added to the meta-gradient, the paper's "
                         "loss) or proximal (soft-thresholding after each Adam step; lam in units of Adam's step)")
     d.add_argument("--meta-lr", type=float, default=None,
                    help="Adam learning rate on theta (default: 3e-4 for pool, else 1e-3)")
-    d.add_argument("--seed", type=int, default=0, help="one seed fixes everything")
+    d.add_argument("--seed", type=int, default=_default("seed"), help="one seed fixes everything")
     d.add_argument("--out", default=None, help="results folder (default: runs/<rule>_<feedback>_<dataset>_s<seed>)")
     d.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    d.add_argument("--checkpoint-every", type=int, default=25, help="episodes between checkpoints")
-    d.add_argument("--grad-mode", default="adjoint", choices=GRAD_MODES,
+    d.add_argument("--checkpoint-every", type=int, default=_default("checkpoint_every"), help="episodes between checkpoints")
+    d.add_argument("--grad-mode", default=_default("grad_mode"), choices=GRAD_MODES,
                    help="meta-gradient: adjoint (hand-derived reverse pass, fastest), reverse (autograd, "
                         "the reference) or forward (jvp; memory flat in K)")
     d.add_argument("--compile", action="store_true",
                    help="torch.compile the adjoint's steps (faster for long runs; compiling takes "
                         "a minute or two the first time and needs a C++ compiler)")
-    d.add_argument("--clip", type=_clip, default=10.0, help="clip meta-gradients above this many times the recent median norm ('off' to disable)")
-    d.add_argument("--explosive", default="skip", choices=("skip", "clip"),
+    d.add_argument("--clip", type=_clip, default=_default("clip"),
+                   help="clip meta-gradients above this many times the recent median norm ('off' to disable)")
+    d.add_argument("--explosive", default=_default("explosive"), choices=("skip", "clip"),
                    help="a meta-gradient above --clip x the recent median: skip the step, or clip it")
     d.add_argument("--warmup", type=int, default=None,
                    help="episodes of linear meta learning-rate warm-up (default: 20 for rules with several terms, else 0)")
@@ -112,23 +167,25 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-term-scaling", dest="term_scaling", action="store_false",
                    help="use the same Adam step for every term (the paper's plain Adam) instead of "
                         "slowing the terms that are larger than the pseudo-gradient")
-    d.add_argument("--patience", type=int, default=10, help="consecutive non-finite episodes before a trial is stopped")
-    d.add_argument("--rollback", type=int, default=3,
+    d.add_argument("--patience", type=int, default=_default("patience"),
+                   help="consecutive non-finite episodes before a trial is stopped")
+    d.add_argument("--rollback", type=int, default=_default("rollback"),
                    help="after this many non-finite episodes in a row, roll the trial's theta back 10-20 episodes "
-                        "and halve its meta learning rate (0: never; default 3)")
-    d.add_argument("--rollback-explosive", type=int, default=5,
+                        "and halve its meta learning rate (0: never)")
+    d.add_argument("--rollback-explosive", type=int, default=_default("rollback_explosive"),
                    help="roll back (as --rollback) when this many of a trial's last 10 meta-gradients were explosive "
-                        "(0: never; default 5)")
-    d.add_argument("--max-rollbacks", type=int, default=3, help="rollbacks per trial before --patience decides (default 3)")
+                        "(0: never)")
+    d.add_argument("--max-rollbacks", type=int, default=_default("max_rollbacks"),
+                   help="rollbacks per trial before --patience decides")
     d.add_argument("--remap-labels", action="store_true", help="label tasks 0..M-1 (M outputs) instead of dataset class ids")
-    d.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    d.add_argument("--dtype", default=_default("dtype"), choices=("float32", "float64"))
     d.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: all cores); with --workers, threads per worker (default: cores / workers)")
-    d.add_argument("--workers", type=int, default=1,
+    d.add_argument("--workers", type=int, default=_default("workers"),
                    help="processes that compute the trials' meta-gradients in parallel, chunk by chunk "
                         "(2 on a 2-core CPU runs many trials ~1.5-2x faster than threads; default 1)")
-    d.add_argument("--chunk", type=int, default=4,
-                   help="trials per batched inner loop; more trials run chunk by chunk (default 4, fastest on a laptop CPU)")
+    d.add_argument("--chunk", type=int, default=_default("chunk"),
+                   help="trials per batched inner loop; more trials run chunk by chunk (4 is fastest on a laptop CPU)")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
 
     e = sub.add_parser("evaluate", help="online-train fresh networks with given rules on new tasks",
@@ -137,8 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--results", nargs="*", default=[], help="results folders whose final theta to evaluate")
     e.add_argument("--rule", action="append", default=[], help="a rule to evaluate with --theta (repeatable)")
     e.add_argument("--theta", action="append", type=_theta, default=[],
-                   help="theta for the matching --rule: 10 numbers, or one per term of the rule")
-    e.add_argument("--feedback", action="append", default=[], help="feedback for the matching --rule (default from rule)")
+                   help=f"theta for the matching --rule: {N_TERMS} numbers, or one per term of the rule")
+    e.add_argument("--feedback", action="append", default=[], choices=FEEDBACK_KINDS, metavar="PATHWAY",
+                   help=_feedback_help("feedback pathway for the matching --rule (default: from the rule, else fa)"))
     e.add_argument("--tasks", type=int, default=50, help="new tasks per rule")
     e.add_argument("--seed", type=int, default=1000, help="seed of the evaluation tasks")
     e.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -159,17 +217,10 @@ def _fail(msg: str) -> int:
 
 def cmd_discover(a: argparse.Namespace) -> int:
     from .data import CorruptDatasetError, DatasetNotFoundError
-    from .meta import CheckpointError, DivergenceError, MetaConfig, MetaTrainer
+    from .meta import CheckpointError, DivergenceError, MetaTrainer
 
-    rule = a.terms if a.terms is not None else a.rule
-    cfg = MetaConfig(
-        dataset=a.dataset, data_root=a.data_root, download=a.download, input_scale=a.input_scale,
-        rule=rule, feedback=a.feedback, hidden=a.hidden, M=a.M, K=a.K, Q=a.Q,
-        remap_labels=a.remap_labels, test_classes=a.test_classes, episodes=a.episodes, trials=a.trials,
-        lam=a.lam, l1=a.l1, meta_lr=a.meta_lr, seed=a.seed, grad_mode=a.grad_mode, compile=a.compile, clip=a.clip, explosive=a.explosive, warmup=a.warmup,
-        skip_nonfinite=a.skip_nonfinite, term_scaling=a.term_scaling, patience=a.patience, rollback=a.rollback, max_rollbacks=a.max_rollbacks, rollback_explosive=a.rollback_explosive, checkpoint_every=a.checkpoint_every,
-        dtype=a.dtype, threads=a.threads, chunk=a.chunk, workers=a.workers,
-    )
+    cfg = config_from_args(a)
+    rule = cfg.rule
     try:
         res = cfg.resolved()
         out = a.out or f"runs/{str(rule).replace(',', '-')}_{res.feedback}_{a.dataset}_s{a.seed}"
@@ -193,13 +244,11 @@ def cmd_discover(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    import json
-
     import numpy as np
 
     from .data import CorruptDatasetError, DatasetNotFoundError
-    from .meta import evaluate_rule, load_theta_from_results
-    from .rules import N_TERMS, make_rule
+    from .evaluation import evaluate_rule, load_theta_from_results
+    from .rules import make_rule
     from .stats import bootstrap_ci
 
     jobs = []
@@ -224,7 +273,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
                 theta = np.zeros(N_TERMS)
                 theta[list(terms)] = vals
             else:
-                return _fail(f"--theta for rule {rule} needs {len(terms)} numbers (terms {list(terms)}) or {N_TERMS}, got {len(vals)}")
+                return _fail(f"--theta for rule {rule} needs {len(terms)} numbers (terms {list(terms)}) "
+                             f"or {N_TERMS}, got {len(vals)}")
             fb = a.feedback[k] if a.feedback else None
             jobs.append((f"{rule}" + (f"/{fb}" if fb else ""), rule, fb, theta, a.hidden))
         if not jobs:

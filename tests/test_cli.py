@@ -1,13 +1,18 @@
 """The labkit command: a short discover run, evaluate, figures, and clear errors."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
 import pytest
 
-from labkit.cli import main
+from labkit import pathways
+from labkit.cli import NOT_ON_THE_COMMAND_LINE, RENAMED, build_parser, config_from_args, main
+from labkit.feedback import FEEDBACK_KINDS
+from labkit.meta import MetaConfig
 from labkit.results import history_columns, read_config, read_history, read_theta
+from labkit.terms import TERMS
 
 SMALL = ["--hidden", "16", "--M", "3", "--K", "3", "--Q", "2", "--trials", "2", "--quiet"]
 
@@ -80,6 +85,55 @@ def test_argument_type_errors_exit_with_usage(capsys):
         main(["discover", "--feedback", "magic"])
     assert exc.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["discover", "evaluate"])
+def test_an_unknown_feedback_pathway_is_a_one_line_error_that_names_the_registered_ones(capsys, command):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--feedback", "xyz"])
+    assert exc.value.code == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"labkit {command}: error: argument --feedback: invalid choice: 'xyz'")
+    assert all(name in lines[0] for name in FEEDBACK_KINDS) and f"labkit {command} --help" in lines[0]
+
+
+def test_discover_help_lists_every_registered_pathway_with_its_label_and_every_term(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["discover", "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help text
+    for name in ("bp", "fa", "dfa", "usf", "frsf", "drtp"):
+        assert name in FEEDBACK_KINDS
+        assert f"{name} ({pathways.get(name).label})" in text, name
+    assert all(f"{t.index} {t.name}" in text for t in TERMS)
+
+
+def test_discover_builds_its_config_from_metaconfigs_fields_by_name():
+    parser = build_parser()
+    dests = set(vars(parser.parse_args(["discover"])))
+    fields = {f.name for f in dataclasses.fields(MetaConfig)}
+    missing = fields - dests - set(RENAMED) - NOT_ON_THE_COMMAND_LINE
+    assert not missing, f"MetaConfig fields without a flag: {missing}"
+    # no flag: MetaConfig's defaults, but for the short run of the main job
+    assert config_from_args(parser.parse_args(["discover"])) == MetaConfig(trials=4, episodes=200)
+    a = parser.parse_args(["discover", "--terms", "0,2", "--meta-lr", "1e-4", "--no-term-scaling", "--clip", "off",
+                           "--feedback", "drtp", "--hidden", "32,16", "--lambda", "0.5", "--rollback-explosive", "2"])
+    assert config_from_args(a) == MetaConfig(rule="0,2", meta_lr=1e-4, term_scaling=False, clip=None, feedback="drtp",
+                                             hidden=(32, 16), lam=0.5, rollback_explosive=2, trials=4, episodes=200)
+
+
+def test_every_registered_pathway_runs_from_the_command_line(tmp_path, capsys):
+    code, out, err = run(capsys, "discover", *SMALL, "--rule", "fa", "--feedback", "usf", "--episodes", "1",
+                         "--out", str(tmp_path / "usf"))
+    assert code == 0, err
+    assert read_config(tmp_path / "usf")["feedback"] == "usf"
+    pairs = [x for fb in FEEDBACK_KINDS for x in ("--rule", "fa", "--theta", "0.01", "--feedback", fb)]
+    code, out, err = run(capsys, "evaluate", "--hidden", "16", "--M", "3", "--K", "3", "--Q", "2", "--tasks", "2",
+                         *pairs)
+    assert code == 0, err
+    assert all(f"fa/{fb}" in out for fb in FEEDBACK_KINDS)
 
 
 def test_an_existing_run_is_not_overwritten_without_resume(tmp_path, capsys):

@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from labkit import learner
-from labkit.meta import CheckpointError, DivergenceError, MaskedAdam, MetaConfig, MetaTrainer, evaluate_rule
+from labkit.evaluation import evaluate_rule
+from labkit.guards import Guards, window_median
+from labkit.meta import CheckpointError, DivergenceError, MaskedAdam, MetaConfig, MetaTrainer
 from labkit.results import history_columns, read_history, read_theta
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,7 +124,7 @@ def test_a_trial_stuck_overflowing_rolls_back_to_an_earlier_theta_with_half_the_
     # episode 15 runs with the theta that episode 11 ran with (the snapshot after episode 10)
     cols = [c for c in h.columns if c.startswith("theta_")]
     np.testing.assert_array_equal(t1.loc[15, cols].to_numpy(float), t1.loc[11, cols].to_numpy(float))
-    assert trainer.lr_factor.tolist() == [1.0, 0.5] and trainer.rollbacks == [0, 1]
+    assert trainer.lr_factor.tolist() == [1.0, 0.5] and trainer.rollbacks.tolist() == [0, 1]
     t0, c0 = h[h.trial == 0], pd.DataFrame(clean.history).query("trial == 0")
     np.testing.assert_allclose(t0.meta_loss.to_numpy(), c0.meta_loss.to_numpy(), rtol=1e-6)  # the other trial is untouched
 
@@ -148,13 +150,14 @@ def test_a_cluster_of_explosive_meta_gradients_rolls_the_trial_back_to_its_calm_
     # and the guard's bound is back at the scale of the calm episodes before it
     cols = [f"theta_{r}" for r in (0, 2, 9)]
     np.testing.assert_array_equal(trainer.theta[1, [0, 2, 9]].numpy(), t1.loc[11, cols].to_numpy(np.float32))
-    assert max(trainer.norm_history[1]) < 1e3 * min(trainer.norm_history[1])
-    assert trainer.lr_factor.tolist() == [1.0, 0.5] and trainer.rollbacks == [0, 1]
+    norms = trainer.guards.norm_history(1)
+    assert max(norms) < 1e3 * min(norms)
+    assert trainer.lr_factor.tolist() == [1.0, 0.5] and trainer.rollbacks.tolist() == [0, 1]
     assert (h[h.trial == 0].guarded.fillna("") == "").all()  # the other trial is untouched
     # the same explosions without the cluster rule: skipped, never rolled back
     off = holder["t"] = MetaTrainer(tiny(rule="bio", episodes=16, trials=2, rollback_explosive=0))
     h_off = pd.DataFrame(off.run(progress=False).history)
-    assert "rollback" not in set(h_off.guarded) and off.rollbacks == [0, 0]
+    assert "rollback" not in set(h_off.guarded) and off.rollbacks.tolist() == [0, 0]
 
 
 def test_rollback_state_survives_a_resume(tmp_path, monkeypatch):
@@ -285,7 +288,7 @@ def test_invalid_settings_fail_before_any_work():
         MetaTrainer(tiny(M=12))
     with pytest.raises(ValueError, match="K\\+Q"):
         MetaTrainer(tiny(K=200))
-    with pytest.raises(ValueError, match="feedback must be one of"):
+    with pytest.raises(ValueError, match="unknown feedback pathway 'magic'; choose one of bp, fa, dfa"):
         MetaTrainer(tiny(feedback="magic"))
     with pytest.raises(ValueError, match="terms are numbered 0..9"):
         MetaTrainer(tiny(rule="0,12"))
@@ -408,3 +411,158 @@ def test_a_checkpoint_from_before_the_cluster_rollback_resumes_only_as_it_ran(tm
         MetaTrainer(tiny(rule="bio", episodes=4), out=tmp_path, resume=True)
     resumed = MetaTrainer(tiny(rule="bio", episodes=4, rollback_explosive=0), out=tmp_path, resume=True)
     assert resumed.run(progress=False).theta.shape == (2, 10)
+
+
+# ---------------------------------------------------------------------- the guards' tensor state
+
+
+def test_the_window_median_is_numpys_median_bit_for_bit():
+    rng = np.random.default_rng(0)
+    width = 20
+    for _ in range(300):
+        n = int(rng.integers(1, width + 1))
+        vals = rng.lognormal(0, 3, n) * rng.choice([1.0, 1e6])
+        if rng.random() < 0.3:
+            vals[rng.integers(0, n)] = vals[0]  # ties
+        if rng.random() < 0.1:
+            vals[rng.integers(0, n)] = np.inf
+        row = torch.full((1, width), -7.0, dtype=torch.float64)  # garbage outside the window
+        row[0, width - n:] = torch.tensor(vals)
+        got = float(window_median(row, torch.tensor([n]))[0])
+        assert got == float(np.median(vals)), (n, vals)
+    nan_row = torch.tensor([[1.0, float("nan"), 3.0]], dtype=torch.float64)
+    assert np.isnan(float(window_median(nan_row, torch.tensor([3]))[0]))
+
+
+def test_the_guards_state_is_tensors_over_the_trial_axis():
+    trainer = MetaTrainer(tiny(rule="bio", trials=3, episodes=12))
+    h = pd.DataFrame(trainer.run(progress=False).history)
+    g = trainer.guards
+    T = 3
+    assert g.norms.shape == (T, 20) and g.norms.dtype == torch.float64 and g.norm_count.tolist() == [12] * T
+    assert g.explosive_recent.shape == (T, 10) and g.snap_theta.shape == (T, 2, 10)
+    for name in ("stopped", "diverged_at", "bad_streak", "explosive_streak", "lr_factor", "rollbacks", "n_snapshots"):
+        assert getattr(g, name).shape == (T,), name
+    assert g.n_snapshots.tolist() == [1] * T  # one snapshot after episode 10
+    # the snapshot holds the theta after episode 10's step, which episode 11 ran with
+    row = h[(h.trial == 2) & (h.episode == 11)]
+    cols = ["theta_0", "theta_2", "theta_9"]
+    np.testing.assert_array_equal(g.snap_theta[2, 0, [0, 2, 9]].numpy(), row[cols].to_numpy(np.float32)[0])
+    assert len(g.norm_history(0)) == 12 and g.norm_history(0) == [float(x) for x in g.norms[0, 8:]]
+
+
+def _legacy_checkpoint(state: dict, with_norms: bool = True) -> dict:
+    """The checkpoint as the code before the tensor state wrote it: per-trial Python lists."""
+    s = dict(state)
+    g = s.pop("guards")
+    T = len(g["stopped"])
+
+    def window(w, n):
+        n = int(n)
+        return [float(x) for x in w[len(w) - n:]] if n else []
+
+    s.update(
+        stopped=g["stopped"], bad_streak=g["bad_streak"], lr_factor=g["lr_factor"], guarded_steps=g["guarded_steps"],
+        explosive_streak=g["explosive_streak"].tolist(),
+        explosive_recent=[[int(x) for x in row] for row in g["explosive_recent"]],
+        rollbacks=g["rollbacks"].tolist(),
+        norm_history=[window(g["norms"][i], g["norm_count"][i]) for i in range(T)],
+        diverged_at={i: int(e) for i, e in enumerate(g["diverged_at"]) if e},
+        snapshots=[
+            [(g["snap_theta"][i, k].clone(), g["snap_v"][i, k].clone(), g["snap_t"][i, k].clone())
+             + ((torch.tensor(window(g["snap_norms"][i, k], g["snap_norm_count"][i, k]), dtype=torch.float64),)
+                if with_norms else ())
+             for k in range(int(g["n_snapshots"][i]))]
+            for i in range(T)
+        ],
+    )
+    return s
+
+
+def test_a_checkpoint_with_the_old_list_state_resumes_to_the_same_numbers(tmp_path, monkeypatch):
+    real = learner.meta_gradient
+    holder = {}
+
+    def exploding(theta, ep, mode="adjoint", compile=False):
+        out = real(theta, ep, mode, compile=compile)
+        if 12 <= holder["t"].episode <= 16 and theta.shape[0] > 1:
+            grad = out.grad.clone()
+            grad[1] *= 1e6
+            return learner.MetaGradient(out.loss, out.accuracy, grad, out.Ws)
+        return out
+
+    monkeypatch.setattr("labkit.meta.meta_gradient", exploding)
+    cfg = dict(rule="bio", episodes=24, trials=2, checkpoint_every=1)
+    holder["t"] = MetaTrainer(tiny(**cfg), out=tmp_path / "full")
+    full = holder["t"].run(progress=False)
+    holder["t"] = MetaTrainer(tiny(**cfg), out=tmp_path / "cut")
+    holder["t"].run(progress=False, stop_after=18)  # after the cluster rollback at episode 16
+    ckpt = tmp_path / "cut" / "checkpoint.pt"
+    new_state = torch.load(ckpt, weights_only=False)
+    assert new_state["guards"]["rollbacks"].tolist() == [0, 1]
+    torch.save(_legacy_checkpoint(new_state), ckpt)
+    holder["t"] = MetaTrainer(tiny(**cfg), out=tmp_path / "cut", resume=True)
+    loaded = holder["t"].guards.state_dict()
+    for k, v in new_state["guards"].items():
+        if k in ("norms", "snap_norms"):  # entries outside a trial's window are free
+            continue
+        assert (torch.equal(v, loaded[k]) if torch.is_tensor(v) else v == loaded[k]), k
+    for i in range(2):
+        assert holder["t"].guards.norm_history(i) == Guards.norm_history(_guards_from(new_state), i)
+    resumed = holder["t"].run(progress=False)
+    np.testing.assert_array_equal(resumed.theta, full.theta)
+    pd.testing.assert_frame_equal(read_history(tmp_path / "full"), read_history(tmp_path / "cut"))
+
+
+def _guards_from(state: dict) -> Guards:
+    g = Guards(len(state["guards"]["stopped"]))
+    g.load_state_dict(state["guards"])
+    return g
+
+
+def test_an_old_snapshot_without_norms_rolls_back_theta_and_keeps_the_norm_window():
+    g = Guards(2, rollback_explosive=5)
+    theta = torch.zeros(2, 10)
+    adam = MaskedAdam((2, 10), lr=1e-3)
+    legacy = {
+        "stopped": torch.zeros(2, dtype=torch.bool), "bad_streak": torch.zeros(2, dtype=torch.long),
+        "norm_history": [[1.0, 2.0, 3.0], [4.0] * 25], "guarded_steps": 3, "diverged_at": {},
+        "snapshots": [[(torch.full((10,), 0.5), torch.full((10,), 2.0), torch.tensor(7))], []],
+    }
+    g.load_legacy(legacy)
+    assert g.norm_count.tolist() == [3, 20] and g.norm_history(0) == [1.0, 2.0, 3.0]
+    assert g.snap_norm_count[0, 0] == -1 and g.n_snapshots.tolist() == [1, 0] and g.guarded_steps == 3
+    adam.m += 1.0
+    g.roll_back(torch.tensor([0, 1]), theta, adam)
+    assert (theta[0] == 0.5).all() and (adam.v[0] == 2.0).all() and int(adam.t[0]) == 7
+    assert theta[1, 0] == pytest.approx(1e-3) and (theta[1, 1:] == 0).all() and int(adam.t[1]) == 0
+    assert (adam.m == 0).all() and g.lr_factor.tolist() == [0.5, 0.5] and g.rollbacks.tolist() == [1, 1]
+    assert g.norm_history(0) == [1.0, 2.0, 3.0]  # no norms in that snapshot: the window stays
+
+
+def test_draw_without_advancing_shows_the_episode_that_the_next_step_runs(monkeypatch):
+    real = learner.meta_gradient
+    seen = {}
+
+    def spy(theta, ep, mode="adjoint", compile=False):
+        seen["ep"] = ep
+        return real(theta, ep, mode, compile=compile)
+
+    monkeypatch.setattr("labkit.meta.meta_gradient", spy)
+    plain = MetaTrainer(tiny(rule="bio", trials=2, episodes=3)).run(progress=False)
+    peeking = MetaTrainer(tiny(rule="bio", trials=2, episodes=3))
+    for _ in range(3):
+        peek = peeking.draw([0, 1], advance=False)
+        again = peeking.draw([0, 1], advance=False)
+        peeking.step()
+        for a, b, c in zip(
+            [peek.x_train, peek.y_train, peek.x_query, peek.y_query, *peek.Ws, *peek.Bs],
+            [again.x_train, again.y_train, again.x_query, again.y_query, *again.Ws, *again.Bs],
+            [seen["ep"].x_train, seen["ep"].y_train, seen["ep"].x_query, seen["ep"].y_query, *seen["ep"].Ws,
+             *seen["ep"].Bs],
+        ):
+            assert torch.equal(a, b) and torch.equal(a, c)
+    np.testing.assert_array_equal(peeking.theta.numpy(), plain.theta)  # peeking changed nothing
+    first = MetaTrainer(tiny(rule="bio", trials=2, episodes=3))
+    a, b = first.draw([0]), first.draw([0])  # advancing: the next draw is a new episode
+    assert not torch.equal(a.x_train, b.x_train)

@@ -1,0 +1,84 @@
+"""Evaluating a plasticity rule: fresh networks trained online with fixed theta on new tasks.
+
+:func:`evaluate_rule` is the meta-test of the paper's figures and of ``labkit evaluate``: a
+rule with fixed coefficients (learned by :mod:`labkit.meta`, or chosen by hand) trains
+networks from scratch, one sample at a time, on few-shot tasks that meta-training never saw,
+and each network's query accuracy is reported. :func:`load_theta_from_results` reads the
+learned coefficients of a run folder.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .data import EpisodeSampler, load_dataset, split_classes, stack_episodes
+from .feedback import init_feedback
+from .learner import online_train
+from .meta import HIDDEN_PAPER, trial_generators
+from .metrics import query_loss_and_accuracy
+from .networks import init_weights
+from .results import read_config, theta_matrix
+from .rules import make_rule
+from .terms import DEFAULT_FEEDBACK, N_TERMS
+
+__all__ = ["evaluate_rule", "load_theta_from_results"]
+
+
+def load_theta_from_results(folder: str | os.PathLike) -> tuple[np.ndarray, dict]:
+    """(final theta (T, N_TERMS), config) of a results folder; diverged trials dropped
+    (:func:`labkit.results.theta_matrix` and :func:`labkit.results.read_config`)."""
+    return theta_matrix(folder), read_config(folder)
+
+
+@torch.no_grad()
+def evaluate_rule(
+    rule: str | list,
+    theta: np.ndarray | Sequence[float],
+    feedback: str | None = None,
+    dataset: str = "digits",
+    data_root: str | None = None,
+    hidden: Sequence[int] = HIDDEN_PAPER,
+    M: int = 5,
+    K: int = 50,
+    Q: int = 10,
+    tasks: int = 50,
+    seed: int = 1000,
+    test_classes: int = 0,
+    input_scale: float | str = "auto",
+    classes_seed: int = 0,
+) -> np.ndarray:
+    """Query accuracy of fresh networks trained online with a fixed rule on new tasks.
+
+    ``theta`` is one (N_TERMS,) vector used for every task, or (n, N_TERMS): task k uses row
+    k mod n (e.g. one row per meta-trained trial). ``feedback`` is a registered pathway
+    (default: the rule's, else "fa"). Task k draws its task, weights and feedback matrices from
+    ``trial_generators(seed, k)``. Returns (tasks,) accuracies. With ``test_classes`` > 0 the
+    tasks use only the held-out meta-test classes of the same split as
+    :class:`labkit.meta.MetaTrainer` with seed ``classes_seed``.
+    """
+    th = torch.as_tensor(np.atleast_2d(np.asarray(theta, dtype=np.float64)), dtype=torch.float32)
+    if th.shape[1] != N_TERMS:
+        raise ValueError(f"theta needs {N_TERMS} entries (zeros for unused terms), got {th.shape[1]}")
+    key = rule.strip().lower() if isinstance(rule, str) else None
+    feedback = feedback or DEFAULT_FEEDBACK.get(key, "fa")
+    ds = load_dataset(dataset, data_root, False, "train", input_scale)
+    classes = split_classes(ds.n_classes, test_classes, classes_seed)[1] if test_classes else None
+    sampler = EpisodeSampler(ds, M, K, Q, classes=classes)
+    sizes = (ds.images.shape[1], *hidden, sampler.n_outputs)
+    r = make_rule(rule, len(sizes) - 1)
+    gens = [trial_generators(seed, k) for k in range(tasks)]
+    accs = []
+    batch = 16
+    for start in range(0, tasks, batch):
+        ks = list(range(start, min(tasks, start + batch)))
+        ep = stack_episodes([sampler.sample(gens[k][0]) for k in ks])
+        wg = [gens[k][1] for k in ks]
+        Ws = init_weights(sizes, wg)
+        Bs = init_feedback(feedback, sizes, wg)
+        Ws = online_train(Ws, Bs, feedback, r, th[torch.tensor(ks) % th.shape[0]], ep.x_train, ep.y_train)
+        _, acc = query_loss_and_accuracy(Ws, ep.x_query, ep.y_query)
+        accs.append(acc)
+    return torch.cat(accs).numpy()
