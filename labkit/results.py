@@ -7,6 +7,11 @@ retraining. Layout of a run folder::
     config.json   every setting, seed, versions (written by the caller)
     theta.json    final theta per trial, mean and bootstrap CI over non-diverged trials
 
+The numbers reported about a run are computed here, once: :func:`final_accuracies` /
+:func:`final_accuracy` (the "final meta-accuracy" of the README, the run summary, the
+notebooks and ``scripts/summarize.py``) and :func:`theta_matrix` (the final theta of every
+trial as a ``(T, N_TERMS)`` array).
+
 Nothing here imports torch; tensors are accepted wherever they convert with ``float``
 or have ``.detach()``.
 """
@@ -26,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .stats import bootstrap_ci
+from .terms import N_TERMS, theta_columns
 
 __all__ = [
     "N_TERMS",
@@ -42,9 +48,14 @@ __all__ = [
     "read_config",
     "write_theta",
     "read_theta",
+    "FINAL_EPISODES",
+    "final_values",
+    "final_accuracies",
+    "final_accuracy",
+    "theta_matrix",
 ]
 
-N_TERMS = 10
+# N_TERMS is labkit.terms.N_TERMS, re-exported here (plots and older code import it from here).
 HISTORY_FILE = "history.csv"
 CONFIG_FILE = "config.json"
 THETA_FILE = "theta.json"
@@ -67,7 +78,7 @@ def history_columns(n_layers: int) -> list[str]:
     L = n_layers
     return (
         ["trial", "episode", "meta_loss", "meta_accuracy"]
-        + [f"theta_{r}" for r in range(N_TERMS)]
+        + theta_columns()
         + [f"alpha_{l}" for l in range(1, L)]
         + [f"weight_angle_{l}" for l in range(1, L + 1)]
         + [f"ortho_{l}" for l in range(1, L + 1)]
@@ -379,3 +390,116 @@ def read_theta(folder: str | os.PathLike) -> dict:
     for k in ("mean", "ci_low", "ci_high"):
         d[k] = {n: (nan if v is None else v) for n, v in d.get(k, {}).items()}
     return d
+
+
+# ----------------------------------------------------------------- what a run reached
+
+#: Episodes at the end of a trial that its final meta-accuracy averages over.
+FINAL_EPISODES = 10
+
+
+def _as_history(df_or_folder: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
+    return df_or_folder if isinstance(df_or_folder, pd.DataFrame) else read_history(df_or_folder)
+
+
+def final_values(
+    df: pd.DataFrame | str | os.PathLike, column: str, last: int = FINAL_EPISODES
+) -> pd.Series:
+    """Per trial the mean of one history column over the trial's last ``last`` episodes.
+
+    Args:
+        df: a history (:func:`read_history`), or a run folder / ``history.csv`` to read.
+        column: a history column, e.g. ``"meta_accuracy"``, ``"alpha_2"``, ``"ortho_1"``.
+        last: how many episodes at the end of each trial to average over.
+
+    Returns:
+        A float Series indexed by trial (sorted, index name ``trial``), one value per trial
+        that did not diverge: trials with a ``diverged == 1`` row (stopped by the guards of
+        :mod:`labkit.meta`) are left out. Non-finite values inside the window are skipped
+        (NaN for a trial that has none). A (trial, episode) written twice counts once, with
+        its last row.
+
+    Raises:
+        KeyError: the history lacks ``column`` (or ``trial`` / ``episode``).
+        ValueError: ``last`` < 1.
+    """
+    if last < 1:
+        raise ValueError(f"last must be >= 1 episode, got {last}")
+    d = _as_history(df)
+    missing = [c for c in ("trial", "episode", column) if c not in d.columns]
+    if missing:
+        raise KeyError(f"history lacks columns {missing}")
+    d = d.drop_duplicates(["trial", "episode"], keep="last").sort_values(["trial", "episode"])
+    if "diverged" in d.columns:
+        d = d[~d["trial"].isin(d.loc[d["diverged"] != 0, "trial"])]
+    vals = pd.to_numeric(d[column], errors="coerce").astype(float)
+    vals = vals.where(np.isfinite(vals))
+    tail = pd.DataFrame({"trial": d["trial"].astype(int), "v": vals}).groupby("trial").tail(last)
+    out = tail.groupby("trial")["v"].mean().astype(float)  # skips NaN; all-NaN -> NaN
+    out.name = column
+    return out
+
+
+def final_accuracies(df: pd.DataFrame | str | os.PathLike, last: int = FINAL_EPISODES) -> pd.Series:
+    """Final meta-accuracy of every trial that did not diverge: per trial the mean
+    ``meta_accuracy`` over its last ``last`` episodes, a Series indexed by trial
+    (:func:`final_values` with ``column="meta_accuracy"``; see there for the details)."""
+    return final_values(df, "meta_accuracy", last)
+
+
+def final_accuracy(
+    df: pd.DataFrame | str | os.PathLike,
+    last: int = FINAL_EPISODES,
+    seed: int = 0,
+    *,
+    level: float = 0.98,
+    n_resamples: int = 500,
+) -> tuple[float, float, float]:
+    """The run's final meta-accuracy: ``(mean, ci_low, ci_high)`` over trials.
+
+    The mean over the non-diverged trials of :func:`final_accuracies` (``df``, ``last``) and
+    its percentile-bootstrap CI (:func:`labkit.stats.bootstrap_ci`: 98%, 500 resamples of the
+    trials, resampling seed ``seed``). This is the definition behind every "final
+    meta-accuracy" the project prints (README tables, the run summary of ``labkit
+    discover``, the notebooks, ``scripts/summarize.py``). ``seed`` seeds the resampling
+    only: the README, the notebooks and ``scripts/summarize.py`` use 0, the run summary
+    passes the run's seed (the same numbers for the default seed 0; for another seed the
+    CI bounds move slightly, the mean not at all). All three are NaN when no
+    trial is left.
+    """
+    per_trial = final_accuracies(df, last).to_numpy(dtype=float)
+    if not np.isfinite(per_trial).any():
+        return math.nan, math.nan, math.nan
+    mean, low, high = bootstrap_ci(per_trial, level=level, n_resamples=n_resamples, seed=seed)
+    return float(mean), float(low), float(high)
+
+
+def theta_matrix(folder: str | os.PathLike, include_diverged: bool = False) -> np.ndarray:
+    """Final theta of every trial of a run folder, read from its ``theta.json``.
+
+    Returns:
+        ``(T, N_TERMS)`` float array: row i is trial i's final coefficients in term order
+        (:data:`labkit.terms.TERMS`), zeros for the terms the rule does not use, NaN where
+        the run wrote a non-finite value. Diverged trials are left out unless
+        ``include_diverged`` (then T is the number of trials of the run, in trial order).
+
+    Raises:
+        FileNotFoundError: no ``theta.json`` in ``folder``.
+        ValueError: the file names a term outside 0..N_TERMS-1, or its rows do not match it.
+    """
+    th = read_theta(folder)
+    terms = [int(r) for r in th.get("terms", [])]
+    if any(not 0 <= r < N_TERMS for r in terms):
+        raise ValueError(f"{Path(folder) / THETA_FILE}: terms must lie in 0..{N_TERMS - 1}, got {terms}")
+    rows = th.get("per_trial", [])
+    full = np.zeros((len(rows), N_TERMS))
+    for i, row in enumerate(rows):
+        if len(row) != len(terms):
+            raise ValueError(f"{Path(folder) / THETA_FILE}: trial {i} has {len(row)} values for terms {terms}")
+        full[i, terms] = np.asarray(row, dtype=float)
+    if include_diverged:
+        return full
+    diverged = np.asarray(th.get("diverged", [False] * len(rows)), dtype=bool)
+    if diverged.shape != (len(rows),):
+        raise ValueError(f"{Path(folder) / THETA_FILE}: {diverged.size} diverged flags for {len(rows)} trials")
+    return full[~diverged]

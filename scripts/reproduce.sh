@@ -43,15 +43,27 @@ queue_c() {
     run bp_lr --rule bp
     run ehebb --rule ehebb
 }
+# the pathways added as plug-ins: sign-symmetry (uniform, fixed random magnitude) and direct
+# random target projection, each with the learning rate only and with F^bio
+queue_d() {
+    for fb in usf frsf drtp; do
+        run ${fb}_lr --rule fa --feedback "$fb"
+        run ${fb}_bio --rule bio --feedback "$fb"
+    done
+}
 mkdir -p results
 queue_a > results/queue_a.log 2>&1 &
 queue_b > results/queue_b.log 2>&1 &
 queue_c > results/queue_c.log 2>&1 &
+queue_d > results/queue_d.log 2>&1 &
 wait
 [ -n "${RUNS_ONLY:-}" ] && exit 0
 
 # Figures: meta-training curves straight from the result folders, then the notebooks in full mode.
-$LK figures results/fa_lr results/bp_lr results/dfa_lr --labels FA BP DFA --out figures --prefix fig3_
+$LK figures results/fa_lr results/bp_lr results/dfa_lr results/usf_lr results/frsf_lr results/drtp_lr \
+    --labels FA BP DFA uSF frSF DRTP --out figures --prefix fig3_
+$LK figures results/bio results/usf_bio results/frsf_bio results/drtp_bio \
+    --labels "bio, FA" "bio, uSF" "bio, frSF" "bio, DRTP" --out figures --prefix pathways_bio_
 # Fig 4 from the paper-scale runs (20 trials x 600 episodes) where present; they take ~30 min each
 # here with 2 workers: PAPER_SCALE=1 bash scripts/reproduce.sh makes them (README, "What reproduces").
 if [ -n "${PAPER_SCALE:-}" ]; then

@@ -2,21 +2,32 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from labkit import terms
 from labkit.results import (
+    N_TERMS,
     HistoryWriter,
+    final_accuracies,
+    final_accuracy,
+    final_values,
     history_columns,
     pivot_trials,
     read_config,
     read_history,
     read_theta,
+    theta_matrix,
     write_config,
     write_json_atomic,
     write_theta,
 )
+from labkit.stats import bootstrap_ci
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _row(trial, episode, **kw):
@@ -184,3 +195,144 @@ def test_theta_json_with_every_trial_diverged_has_null_mean(tmp_path):
     back = read_theta(tmp_path)
     assert back["n_trials_used"] == 0 and math.isnan(back["mean"]["theta_0"])
     assert json.loads((tmp_path / "theta.json").read_text())["mean"]["theta_0"] is None
+
+
+def test_term_count_and_theta_columns_come_from_labkit_terms():
+    assert N_TERMS == terms.N_TERMS  # results.N_TERMS stays importable (plots uses it)
+    cols = history_columns(2)
+    assert cols[4 : 4 + terms.N_TERMS] == terms.theta_columns()
+
+
+# ------------------------------------------------------------------ final accuracy
+
+
+def _accuracy_history(tmp_path, per_trial, diverged_trial=None):
+    """history.csv with meta_accuracy per_trial[t][e - 1] for trial t, episode e."""
+    w = HistoryWriter(tmp_path, 2)
+    rows = []
+    for t, accs in enumerate(per_trial):
+        for e, a in enumerate(accs, start=1):
+            stop = t == diverged_trial and e == len(accs)
+            rows.append({"trial": t, "episode": e, "meta_accuracy": a, "diverged": int(stop),
+                         "guarded": "diverged" if stop else ""})
+    w.append(rows)
+    return read_history(tmp_path)
+
+
+def test_final_accuracies_average_each_trials_last_episodes(tmp_path):
+    per_trial = [np.linspace(0.2, 0.8, 30), np.linspace(0.1, 0.5, 30), np.full(30, 0.4)]
+    df = _accuracy_history(tmp_path, per_trial)
+    got = final_accuracies(df)
+    assert got.index.tolist() == [0, 1, 2] and got.index.name == "trial" and got.name == "meta_accuracy"
+    np.testing.assert_allclose(got.to_numpy(), [a[-10:].mean() for a in per_trial])
+    np.testing.assert_allclose(final_accuracies(df, last=3).to_numpy(), [a[-3:].mean() for a in per_trial])
+    np.testing.assert_allclose(final_accuracies(tmp_path).to_numpy(), got.to_numpy())  # a folder works too
+    with pytest.raises(ValueError, match="last"):
+        final_accuracies(df, last=0)
+
+
+def test_final_accuracies_drop_diverged_trials_and_skip_non_finite_values(tmp_path):
+    a = np.linspace(0.2, 0.8, 20)
+    b = a.copy()
+    b[-1] = np.nan  # a skipped, non-finite episode inside the window
+    df = _accuracy_history(tmp_path, [a, b, a[:12]], diverged_trial=2)
+    got = final_accuracies(df)
+    assert got.index.tolist() == [0, 1]  # trial 2 diverged: out, even though it has 12 episodes
+    np.testing.assert_allclose(got.to_numpy(), [a[-10:].mean(), np.nanmean(b[-10:])])
+
+
+def test_final_accuracies_count_a_rewritten_episode_once(tmp_path):
+    df = _accuracy_history(tmp_path, [np.full(12, 0.5)])
+    dup = df[df["episode"] == 12].assign(meta_accuracy=0.9)
+    got = final_accuracies(pd.concat([df, dup], ignore_index=True))
+    assert got.iloc[0] == pytest.approx((9 * 0.5 + 0.9) / 10)
+
+
+def test_final_accuracy_is_the_bootstrap_mean_and_ci_of_the_per_trial_values(tmp_path):
+    rng = np.random.default_rng(3)
+    per_trial = [0.3 + 0.4 * rng.random(25) for _ in range(6)]
+    df = _accuracy_history(tmp_path, per_trial)
+    finals = final_accuracies(df).to_numpy()
+    for seed in (0, 7):
+        expected = tuple(float(v) for v in bootstrap_ci(finals, level=0.98, n_resamples=500, seed=seed))
+        assert final_accuracy(df, seed=seed) == expected
+    mean, low, high = final_accuracy(df)
+    assert low < mean < high and mean == pytest.approx(finals.mean())
+    # the notebooks' former computation (pivot, last 10 columns) gives the same numbers
+    _, acc, _ = pivot_trials(df, "meta_accuracy")
+    assert final_accuracy(df) == tuple(float(v) for v in bootstrap_ci(np.nanmean(acc[:, -10:], axis=1)))
+
+
+def test_final_accuracy_with_every_trial_diverged_is_nan(tmp_path):
+    df = _accuracy_history(tmp_path, [np.full(5, 0.5)], diverged_trial=0)
+    assert final_accuracies(df).empty
+    assert all(math.isnan(v) for v in final_accuracy(df))
+
+
+@pytest.mark.parametrize("name, numbers", [
+    ("fa_lr", (21.9, 20.6, 23.3)),
+    ("bio_20x600", (81.4, 79.4, 83.0)),
+    ("pool_20x600", (76.4, 69.0, 80.7)),
+])
+def test_final_accuracy_reproduces_the_readme_table(name, numbers):
+    folder = ROOT / "results" / name
+    if not (folder / "history.csv").is_file():
+        pytest.skip(f"no committed results at {folder}")
+    got = tuple(round(100 * v, 1) for v in final_accuracy(folder))
+    assert got == numbers
+
+
+# --------------------------------------------------------------------- theta matrix
+
+
+def test_theta_matrix_puts_each_term_in_its_column_and_drops_diverged_trials(tmp_path):
+    theta = np.zeros((3, 10))
+    theta[:, 0] = [1e-3, 2e-3, 3e-3]
+    theta[:, 2] = [-0.01, -0.02, -0.03]
+    theta[:, 9] = [0.004, 0.005, 0.006]
+    theta[:, 5] = 7.0  # not a term of the rule: not written, comes back as 0
+    theta[1, 9] = np.nan
+    write_theta(tmp_path, theta, [0, 2, 9], [False, False, True])
+    full = theta_matrix(tmp_path, include_diverged=True)
+    assert full.shape == (3, N_TERMS)
+    expected = theta.copy()
+    expected[:, 5] = 0.0
+    np.testing.assert_array_equal(full, expected)  # NaN where NaN was written
+    kept = theta_matrix(tmp_path)
+    np.testing.assert_array_equal(kept, expected[:2])
+    with pytest.raises(FileNotFoundError, match="theta.json"):
+        theta_matrix(tmp_path / "missing")
+
+
+def test_theta_matrix_rejects_a_malformed_theta_file(tmp_path):
+    write_json_atomic(tmp_path / "theta.json", {"terms": [0, 12], "per_trial": [[1.0, 2.0]], "diverged": [False]})
+    with pytest.raises(ValueError, match="terms"):
+        theta_matrix(tmp_path)
+    write_json_atomic(tmp_path / "theta.json", {"terms": [0, 2], "per_trial": [[1.0]], "diverged": [False]})
+    with pytest.raises(ValueError, match="trial 0"):
+        theta_matrix(tmp_path)
+
+
+def test_theta_matrix_of_a_committed_run_matches_its_theta_json():
+    folder = ROOT / "results" / "bio"
+    if not (folder / "theta.json").is_file():
+        pytest.skip(f"no committed results at {folder}")
+    th = read_theta(folder)
+    full = theta_matrix(folder)
+    assert full.shape == (th["n_trials_used"], N_TERMS)
+    for r in range(N_TERMS):
+        if r in th["terms"]:
+            assert full[:, r].mean() == pytest.approx(th["mean"][f"theta_{r}"])
+        else:
+            assert (full[:, r] == 0).all()
+
+
+def test_final_values_of_other_columns_follow_the_same_rules(tmp_path):
+    w = HistoryWriter(tmp_path, 3)
+    w.append([_row(t, e, alpha_2=float(e + t)) for t in range(2) for e in range(1, 16)]
+             + [_row(2, 1, alpha_2=5.0, diverged=1)])
+    got = final_values(tmp_path, "alpha_2", last=5)
+    assert got.index.tolist() == [0, 1] and got.name == "alpha_2"
+    np.testing.assert_allclose(got.to_numpy(), [13.0, 14.0])  # episodes 11..15, plus t
+    with pytest.raises(KeyError, match="alpha_7"):
+        final_values(tmp_path, "alpha_7")
