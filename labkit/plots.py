@@ -5,11 +5,18 @@ resamples by default), after smoothing each trial's curve over ``window`` episod
 (centred moving average, see stats.smooth). Trials that diverged have no rows after
 they stopped; they leave the mean from there on. A single trial gives a line without
 a band. Each plotting function takes an optional ``ax`` and returns it.
+
+Conventions of every figure here: accuracy axes carry a thin grey dashed chance line
+(1/M for M-way tasks, "chance (20%)" for the default M = 5; see :func:`add_chance_line`);
+legends sit outside the data area (right of an axes, or below a grid of panels), never
+over the curves; term names and counts come from :data:`labkit.terms.TERMS`, so a term
+added there is labelled everywhere without touching this module.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -19,38 +26,42 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-from .results import N_TERMS, history_n_layers, pivot_trials, read_history
+from .results import history_n_layers, pivot_trials, read_config, read_history
 from .stats import bootstrap_ci, smooth
+from .terms import TERMS
 
 __all__ = [
     "TERM_NAMES",
+    "DEFAULT_WAYS",
+    "chance_level",
+    "add_chance_line",
+    "theta_label",
+    "active_terms",
     "curve_with_band",
     "plot_meta_curves",
     "plot_theta_trajectories",
+    "plot_theta_panels",
     "plot_alignment",
     "plot_orthonormality",
     "plot_online_curves",
     "figures_from_results",
 ]
 
-TERM_NAMES = {
-    0: "pseudo-grad",
-    1: "post y x pre e",
-    2: "eHebb",
-    3: "decay",
-    4: "pre e bcast",
-    5: "scaled pseudo-grad",
-    6: "higher order",
-    7: "higher order",
-    8: "higher order",
-    9: "Oja",
-}
+#: Short legend label of each term, by index (``Term.short`` of :data:`labkit.terms.TERMS`).
+TERM_NAMES: dict[int, str] = {t.index: t.short for t in TERMS}
+#: Number of ways M of the few-shot tasks when a run does not say (``MetaConfig.M``).
+DEFAULT_WAYS = 5
 _YLABELS = {
     "meta_accuracy": "meta-accuracy (query)",
     "meta_loss": "meta-loss (query)",
 }
 _LINESTYLES = ["-", "--", ":", "-."]
+_THETA_COLUMN = re.compile(r"theta_(\d+)$")
+#: Legend of one axes: outside, right of its data area (constrained layout or
+#: ``bbox_inches="tight"`` make room for it).
+_OUTSIDE_RIGHT = dict(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 Runs = Mapping[str, pd.DataFrame] | pd.DataFrame
 
@@ -71,9 +82,47 @@ def _colors(n: int) -> list:
 
 
 def _legend(ax: Axes, **kw) -> None:
+    """The axes' legend, outside its data area (right of it), if anything is labelled."""
     handles, labels = ax.get_legend_handles_labels()
     if labels:
-        ax.legend(fontsize="small", **kw)
+        ax.legend(**{"fontsize": "small", "frameon": False, **_OUTSIDE_RIGHT, **kw})
+
+
+def _figure_legend(fig: Figure, axes: Sequence[Axes], ncol: int = 4) -> None:
+    """One legend below all panels of ``fig`` (a constrained layout) for the labelled
+    artists of ``axes`` (each label once); the axes' own legends are removed."""
+    found: dict[str, object] = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            found.setdefault(label, h)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    if found:
+        fig.legend(list(found.values()), list(found), loc="outside lower center",
+                   ncol=min(ncol, len(found)), fontsize="small", frameon=False)
+
+
+def chance_level(n_ways: int | None = None) -> float:
+    """Accuracy of guessing among ``n_ways`` classes, 1/n_ways (default :data:`DEFAULT_WAYS`)."""
+    n = DEFAULT_WAYS if n_ways is None else int(n_ways)
+    if n < 1:
+        raise ValueError(f"the number of ways must be at least 1, got {n_ways}")
+    return 1.0 / n
+
+
+def add_chance_line(ax: Axes, level: float | None = None) -> Line2D:
+    """A thin grey dashed horizontal line at the chance ``level`` (default 1/5, the
+    paper's 5-way tasks), labelled e.g. "chance (20%)"; returns the line."""
+    level = chance_level() if level is None else float(level)
+    return ax.axhline(level, color="0.55", linestyle="--", linewidth=0.9, zorder=1.5,
+                      label=f"chance ({100 * level:.3g}%)")
+
+
+def theta_label(r: int) -> str:
+    """Legend label of theta_r: symbol and short name, or the symbol alone for an index
+    the term table does not list."""
+    name = TERM_NAMES.get(r)
+    return rf"$\theta_{{{r}}}$ {name}" if name else rf"$\theta_{{{r}}}$"
 
 
 def curve_with_band(
@@ -119,10 +168,13 @@ def plot_meta_curves(
     window: int = 10,
     level: float = 0.98,
     n_resamples: int = 500,
+    chance: float | None = 1.0 / DEFAULT_WAYS,
 ) -> Axes:
     """One curve per run: ``column`` against episode, mean over trials with a band.
 
-    The legend gives each run's number of trials. Runs may have different lengths.
+    The legend (outside the axes) gives each run's number of trials. Runs may have
+    different lengths. An accuracy ``column`` gets a chance line at ``chance`` (pass
+    ``chance_level(M)`` for M-way tasks; default 1/5; None draws none).
     """
     ax = _axes(ax)
     runs = _as_runs(runs)
@@ -131,20 +183,37 @@ def plot_meta_curves(
         label = f"{name} ({len(trials)} trials)" if name else ""
         curve_with_band(ax, eps, vals, label, color=color, window=window, level=level,
                         n_resamples=n_resamples)
+    if chance is not None and "accuracy" in column:
+        add_chance_line(ax, chance)
     ax.set_xlabel("episode")
     ax.set_ylabel(_YLABELS.get(column, column))
     _legend(ax)
     return ax
 
 
-def _theta_columns(df: pd.DataFrame) -> list[int]:
-    """Terms r whose theta_r column has at least one value (the active terms)."""
+def active_terms(df: pd.DataFrame) -> list[int]:
+    """Terms r whose ``theta_r`` column has at least one value (the active terms), in
+    index order. Every ``theta_<r>`` column of the history counts, whatever the size of
+    the term table."""
     out = []
-    for r in range(N_TERMS):
-        c = f"theta_{r}"
-        if c in df.columns and pd.to_numeric(df[c], errors="coerce").notna().any():
-            out.append(r)
-    return out
+    for c in df.columns:
+        m = _THETA_COLUMN.match(str(c))
+        if m and pd.to_numeric(df[c], errors="coerce").notna().any():
+            out.append(int(m.group(1)))
+    return sorted(out)
+
+
+def _term_colors(terms: Sequence[int]) -> dict[int, tuple]:
+    """A fixed colour per term index (the same term has the same colour in every figure)."""
+    n = max([len(TERMS), *(r + 1 for r in terms)])
+    palette = sns.color_palette("tab10" if n <= 10 else "tab20", n)
+    return {r: palette[r] for r in terms}
+
+
+def _magnitude(df: pd.DataFrame, r: int) -> float:
+    v = pd.to_numeric(df[f"theta_{r}"], errors="coerce").abs()
+    v = v[np.isfinite(v)]
+    return float(v.max()) if len(v) else 0.0
 
 
 def plot_theta_trajectories(
@@ -153,23 +222,74 @@ def plot_theta_trajectories(
     window: int = 1,
     level: float = 0.98,
     n_resamples: int = 500,
+    yscale: str = "auto",
 ) -> Axes:
-    """One line per active term r: theta_r against episode, mean over trials, band.
+    """All active terms on one axes: theta_r against episode, mean over trials, band.
 
-    Inactive terms (blank columns) are skipped; the legend names each term.
+    Inactive terms (blank columns) are skipped; the legend (outside the axes) names each
+    term. Coefficients differ by orders of magnitude (theta_5..theta_8 are tiny next to
+    theta_0 and theta_2), so ``yscale="auto"`` uses a symmetric log scale (linear within
+    +-linthresh around 0, linthresh at the decade of the smallest term) when the terms'
+    magnitudes span more than a factor 10; ``"linear"`` or ``"symlog"`` force one. For
+    one panel per term, each with its own scale, see :func:`plot_theta_panels`.
     """
+    if yscale not in ("auto", "linear", "symlog"):
+        raise ValueError(f"yscale must be 'auto', 'linear' or 'symlog', got {yscale!r}")
     ax = _axes(ax)
-    terms = _theta_columns(df)
-    palette = sns.color_palette("tab10", N_TERMS)
+    terms = active_terms(df)
+    colors = _term_colors(terms)
     for r in terms:
         eps, vals, _ = pivot_trials(df, f"theta_{r}")
-        curve_with_band(ax, eps, vals, rf"$\theta_{{{r}}}$ {TERM_NAMES[r]}", color=palette[r],
+        curve_with_band(ax, eps, vals, theta_label(r), color=colors[r],
                         window=window, level=level, n_resamples=n_resamples)
     ax.axhline(0.0, color="0.5", linewidth=0.8, zorder=0)
+    sizes = [m for m in (_magnitude(df, r) for r in terms) if m > 0]
+    if yscale == "symlog" or (yscale == "auto" and sizes and max(sizes) > 10 * min(sizes)):
+        small = max(min(sizes), max(sizes) * 1e-4) if sizes else 1e-3
+        ax.set_yscale("symlog", linthresh=10.0 ** np.floor(np.log10(small)), linscale=0.5)
     ax.set_xlabel("episode")
-    ax.set_ylabel(r"$\theta_r$")
-    _legend(ax, ncol=2 if len(terms) > 5 else 1)
+    ax.set_ylabel(r"$\theta_r$" + (" (symlog scale)" if ax.get_yscale() == "symlog" else ""))
+    _legend(ax, ncol=2 if len(terms) > 6 else 1)
     return ax
+
+
+def _theta_panel(ax: Axes, df: pd.DataFrame, r: int, color, window: int, **band_kw) -> None:
+    """theta_r of one run on its own axes, with its own y scale and the zero line."""
+    eps, vals, _ = pivot_trials(df, f"theta_{r}")
+    curve_with_band(ax, eps, vals, theta_label(r), color=color, window=window, **band_kw)
+    ax.axhline(0.0, color="0.5", linewidth=0.8, zorder=0)
+    ax.set_ylabel(theta_label(r), fontsize="small")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3), useMathText=True)
+    ax.yaxis.get_offset_text().set_fontsize("x-small")
+    ax.tick_params(labelsize="small")
+
+
+def plot_theta_panels(
+    df: pd.DataFrame,
+    axes: Sequence[Axes] | None = None,
+    window: int = 1,
+    level: float = 0.98,
+    n_resamples: int = 500,
+) -> list[Axes]:
+    """One small panel per active term of one run: theta_r against episode (mean over
+    trials, band), each panel with its own y scale, the x axis shared, the term named on
+    its y label. ``axes`` (one per active term, see :func:`active_terms`) default to a new
+    figure with one row per term. Returns the axes used."""
+    terms = active_terms(df)
+    if axes is None:
+        fig = Figure(figsize=(6.4, 0.6 + 1.45 * max(1, len(terms))), layout="constrained")
+        axes = list(np.atleast_1d(fig.subplots(max(1, len(terms)), 1, sharex=True, squeeze=False)).ravel())
+    axes = list(axes)
+    if len(axes) < len(terms):
+        raise ValueError(f"need one axes per active term ({len(terms)}: {terms}), got {len(axes)}")
+    colors = _term_colors(terms)
+    for i, (ax, r) in enumerate(zip(axes, terms)):
+        _theta_panel(ax, df, r, colors[r], window, level=level, n_resamples=n_resamples)
+        if i < len(terms) - 1:
+            ax.tick_params(labelbottom=False)
+    if terms:
+        axes[len(terms) - 1].set_xlabel("episode")
+    return axes[:len(terms)]
 
 
 def _per_layer(
@@ -270,12 +390,21 @@ def plot_online_curves(
     window: int = 1,
     level: float = 0.98,
     n_resamples: int = 500,
+    chance: float | None = None,
 ) -> Axes:
-    """Curves of online learning (Fig 1): label -> (steps (n,), values (trials, n))."""
+    """Curves of online learning (Fig. 1 of the paper): label -> (steps (n,), values (trials, n)).
+
+    For accuracy curves pass ``chance=chance_level(n_classes)`` (the online stream has all
+    classes of the dataset, e.g. 10 for digits: chance 10%) to draw the chance line; these
+    curves also serve other quantities (angles), so there is none by default. The legend
+    sits outside the axes.
+    """
     ax = _axes(ax)
     for color, (name, (steps, values)) in zip(_colors(len(curves)), curves.items()):
         curve_with_band(ax, steps, values, name, color=color, window=window, level=level,
                         n_resamples=n_resamples)
+    if chance is not None:
+        add_chance_line(ax, chance)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     _legend(ax)
@@ -318,6 +447,48 @@ def _grid(n: int, ncols_max: int = 3, panel=(5.0, 3.8)) -> tuple[Figure, list[Ax
     return fig, axes[:n]
 
 
+def _n_ways(folder: Path) -> int:
+    """M of a run folder's config.json, or :data:`DEFAULT_WAYS` when it has none."""
+    try:
+        return int(read_config(folder).get("M", DEFAULT_WAYS))
+    except (FileNotFoundError, ValueError, TypeError):
+        return DEFAULT_WAYS
+
+
+def _theta_figure(runs: Mapping[str, pd.DataFrame], title: str, window: int = 1) -> Figure:
+    """theta.png: one row per term active in any run, one column per run; a panel per
+    (term, run) where the run has that term (the others are left out), each with its own y
+    scale, x shared within a run's column."""
+    terms = sorted({r for df in runs.values() for r in active_terms(df)})
+    rows, cols = max(1, len(terms)), len(runs)
+    fig = Figure(figsize=(max(6.4, 4.3 * cols), 1.0 + 1.45 * rows), layout="constrained")
+    grid = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
+    colors = _term_colors(terms)
+    for j, (name, df) in enumerate(runs.items()):
+        mine = active_terms(df)
+        used = [grid[i, j] for i, r in enumerate(terms) if r in mine]
+        for i, r in enumerate(terms):
+            ax = grid[i, j]
+            if r not in mine:
+                ax.set_visible(False)
+                continue
+            if ax is not used[0]:
+                ax.sharex(used[0])
+            _theta_panel(ax, df, r, colors[r], window)
+            if ax is not used[-1]:
+                ax.tick_params(labelbottom=False)
+        if used:
+            t, e = _size(df)
+            used[0].set_title(f"{name}: {t} trials, {e} episodes", fontsize="medium", pad=14)
+            used[-1].set_xlabel("episode")
+        else:
+            grid[0, j].set_visible(True)
+            grid[0, j].text(0.5, 0.5, f"{name}: no theta values", ha="center", va="center",
+                            transform=grid[0, j].transAxes)
+    fig.suptitle(title, fontsize="medium")
+    return fig
+
+
 def figures_from_results(
     folders: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -328,11 +499,13 @@ def figures_from_results(
 ) -> list[Path]:
     """Write the meta-training figures of one or more run folders as PNGs.
 
-    Reads each folder's history.csv and writes into ``out_dir``:
-    ``{prefix}meta_accuracy.png``, ``{prefix}meta_loss.png``, ``{prefix}theta.png``
-    (one panel per run), ``{prefix}alignment.png`` and ``{prefix}orthonormality.png``
-    (one panel per layer, runs compared within a panel). Titles give the number of
-    trials and episodes. ``labels`` name the runs (default: folder names).
+    Reads each folder's history.csv (and the number of ways M from its config.json, for
+    the chance line; 5 when absent) and writes into ``out_dir``:
+    ``{prefix}meta_accuracy.png`` (with the chance line 1/M), ``{prefix}meta_loss.png``,
+    ``{prefix}theta.png`` (one panel per active term and run, each on its own scale),
+    ``{prefix}alignment.png`` and ``{prefix}orthonormality.png`` (one panel per layer,
+    runs compared within a panel, one legend below the panels). Titles give the number
+    of trials and episodes. ``labels`` name the runs (default: folder names).
 
     Returns the paths written.
     """
@@ -343,6 +516,7 @@ def figures_from_results(
     if len(labels) != len(folders) or len(set(labels)) != len(labels):
         raise ValueError(f"need one distinct label per folder, got {labels} for {len(folders)}")
     runs = {name: read_history(f) for name, f in zip(labels, folders)}
+    ways = sorted({_n_ways(f) for f in folders})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     desc = _describe(runs)
@@ -356,19 +530,17 @@ def figures_from_results(
 
     with sns.axes_style("whitegrid"):
         for column, title in (("meta_accuracy", "Meta-accuracy"), ("meta_loss", "Meta-loss")):
-            fig, (ax,) = _grid(1, panel=(6.4, 4.2))
-            plot_meta_curves(runs, column, ax=ax, window=window)
+            fig, (ax,) = _grid(1, panel=(8.0, 4.2))
+            plot_meta_curves(runs, column, ax=ax, window=window, chance=None)
+            if column == "meta_accuracy":
+                for m in ways:  # one line per distinct M among the runs (usually one)
+                    add_chance_line(ax, chance_level(m))
+                _legend(ax)
             ax.set_title(f"{title}: {desc}\n{band}, smoothed over {window} episodes",
                          fontsize="medium")
             save(fig, column)
 
-        fig, axes = _grid(len(runs))
-        for ax, (name, df) in zip(axes, runs.items()):
-            plot_theta_trajectories(df, ax=ax)
-            t, e = _size(df)
-            ax.set_title(f"{name}: {t} trials, {e} episodes", fontsize="medium")
-        fig.suptitle(rf"Plasticity coefficients $\theta_r$ ({band})", fontsize="medium")
-        save(fig, "theta")
+        save(_theta_figure(runs, rf"Plasticity coefficients $\theta_r$, each on its own scale ({band})"), "theta")
 
         for prefix_col, name, plot in (("alpha", "alignment", plot_alignment),
                                        ("ortho", "orthonormality", plot_orthonormality)):
@@ -380,6 +552,7 @@ def figures_from_results(
             for ax, l in zip(axes, layers):
                 plot(runs, ax=ax, layers=[l], window=window)
                 ax.set_title(f"layer {l}", fontsize="medium")
+            _figure_legend(fig, axes)
             what = "Alignment angle" if name == "alignment" else "Orthonormality error"
             fig.suptitle(f"{what} per layer: {desc}\n{band}", fontsize="medium")
             save(fig, name)

@@ -8,8 +8,10 @@ uses, so that each notebook shows only what it teaches:
   mode, a *tiny* run computed afresh so that every cell still works (notebooks 01-03);
 * :func:`save_figure` -> write a figure under a fixed name into the figures folder
   (notebooks 01-04);
-* :func:`online_learning` -> the online learning curve of one rule, PAPER.md Fig 1
-  (notebook 01, and the playground of notebook 04 through :mod:`labkit.widgets`).
+* :func:`online_learning` -> the online learning curve of one rule under any registered
+  feedback pathway (:mod:`labkit.pathways`), as in Fig. 1 of the paper: a fresh network
+  sees a stream of images once, batch size 1, and is tested on held-out images every few
+  samples (notebook 01, and the playground of notebook 04 through :mod:`labkit.widgets`).
 
 Layering: this module sits on top of the library, like the command line (:mod:`labkit.cli`):
 it imports :mod:`labkit.meta`, :mod:`labkit.results`, :mod:`labkit.data` and
@@ -30,11 +32,12 @@ import torch
 
 from . import results
 from .data import online_stream
-from .feedback import FEEDBACK_KINDS, init_feedback
+from .feedback import check_kind, init_feedback
 from .learner import learning_curve
 from .meta import HIDDEN_PAPER, MetaConfig, MetaTrainer, trial_generators
 from .networks import init_weights
-from .rules import N_TERMS, make_rule
+from .rules import make_rule
+from .terms import N_TERMS
 
 #: Size of a meta-training run computed afresh by :func:`load_or_run` (a few seconds on a CPU):
 #: it shows the mechanics only, its curves are noise.
@@ -106,6 +109,25 @@ def load_or_run(
     return run
 
 
+def setup_notebook(seed: int = 0) -> None:
+    """What every notebook's setup cell needs once: torch's and numpy's global seeds, and one
+    torch thread (the notebooks' small mat-vecs run fastest on one thread, and several
+    notebooks or widgets then share a CPU without contention)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    torch.set_num_threads(1)
+
+
+def figure_folder(fig_dir: str | Path, smoke: bool) -> Path:
+    """Where a notebook saves its figures: ``fig_dir``, except for a smoke run aimed at the
+    repository's committed ``figures/`` folder, which gets a fresh temporary folder instead
+    (figures of a smoke run never replace the committed ones)."""
+    committed = Path(__file__).resolve().parents[1] / "figures"
+    if smoke and Path(fig_dir).resolve() == committed:
+        return Path(tempfile.mkdtemp(prefix="labkit_smoke_figures_"))
+    return Path(fig_dir)
+
+
 def save_figure(fig: Any, fig_dir: str | Path, filename: str) -> Path:
     """Save a matplotlib figure as ``fig_dir/filename`` (110 dpi, tight box), creating the
     folder if needed; prints and returns the path."""
@@ -117,7 +139,8 @@ def save_figure(fig: Any, fig_dir: str | Path, filename: str) -> Path:
 
 
 def theta_vector(values: Mapping[int, float] | Sequence[float] | np.ndarray) -> np.ndarray:
-    """A (10,) float array from ``{term: value}`` or a full sequence of 10 numbers."""
+    """A ``(N_TERMS,)`` float array (one theta_r per term of :data:`labkit.terms.TERMS`)
+    from ``{term: value}`` or a full sequence of N_TERMS numbers."""
     if isinstance(values, Mapping):
         th = np.zeros(N_TERMS)
         for r, v in values.items():
@@ -141,7 +164,10 @@ def online_learning(
     hidden: Sequence[int] = HIDDEN_PAPER,
     n_eval: int = 300,
 ) -> dict[str, Any]:
-    """Online learning curve of one rule, ``trials`` independent networks (PAPER.md Fig 1).
+    """Online learning curve of one rule, ``trials`` independent networks (Fig. 1 of the paper).
+
+    ``feedback`` is the name of any registered pathway (``labkit.pathways.names()``, e.g.
+    "fa", "usf", "drtp").
 
     The data come from :func:`labkit.data.online_stream` ``(dataset, data_root, n_eval)``.
     Trial i draws its W (and B) and its order of the stream from ``trial_generators(seed, i)``,
@@ -151,12 +177,14 @@ def online_learning(
 
     Returns numpy arrays ``steps (S,)``, ``accuracy (T, S)``, ``loss (T, S)``,
     ``alpha (T, S, L-1)`` (see :func:`labkit.learner.learning_curve`) plus ``n_samples``
-    (used), ``trials``, ``dataset``, ``diverged (T,)`` (non-finite final loss).
+    (used), ``trials``, ``dataset``, ``n_classes`` (of the stream: chance accuracy is
+    1/n_classes), ``diverged (T,)`` (non-finite final loss).
 
     Raises:
         ValueError: unknown feedback pathway, or theta of the wrong length.
         labkit.data.DatasetNotFoundError: the dataset's files are missing.
     """
+    check_kind(feedback)  # the registry of labkit.pathways decides, also for pathways added later
     theta = theta_vector(theta)
     return dict(_online_learning_cached(
         feedback, tuple(theta.tolist()), int(n_samples), int(trials), int(every), dataset,
@@ -166,8 +194,6 @@ def online_learning(
 
 @lru_cache(maxsize=32)
 def _online_learning_cached(feedback, theta, n_samples, trials, every, dataset, data_root, seed, hidden, n_eval):
-    if feedback not in FEEDBACK_KINDS:
-        raise ValueError(f"feedback must be one of {', '.join(FEEDBACK_KINDS)}, got {feedback!r}")
     x, y, x_eval, y_eval, n_classes = online_stream(dataset, data_root, n_eval)
     n = min(n_samples, len(x))
     sizes = (x.shape[1], *hidden, n_classes)
@@ -182,5 +208,5 @@ def _online_learning_cached(feedback, theta, n_samples, trials, every, dataset, 
     c = learning_curve(Ws, Bs, feedback, rule, th, x[order], y[order],
                        x_eval.expand(trials, -1, -1), y_eval.expand(trials, -1), every=every)
     out = {k: v.numpy() for k, v in c.items()}
-    out.update(n_samples=n, trials=trials, dataset=dataset, diverged=~np.isfinite(out["loss"][:, -1]))
+    out.update(n_samples=n, trials=trials, dataset=dataset, n_classes=int(n_classes), diverged=~np.isfinite(out["loss"][:, -1]))
     return out

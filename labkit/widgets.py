@@ -5,13 +5,18 @@ headless (papermill, tests) and get the same figure the live controls show:
 
 * :func:`presets` -> named rules ("FA (lr only)", "discovered bio", "eHebb", "Oja", "BP"),
   read from committed results folders when present, else documented fallback values;
-* :func:`run_and_plot` -> the online learning curve of one rule (PAPER.md Fig 1: a fresh
-  network sees a stream of images once, batch size 1, and is tested on held-out images every
-  few samples; computed by :func:`labkit.tutorial.online_learning`, which also serves
-  notebook 01), with FA and BP references at the same theta_0, and the teaching-signal
-  angles alpha_l, as one matplotlib figure;
+* :func:`run_and_plot` -> the online learning curve of one rule (as in Fig. 1 of the paper:
+  a fresh network sees a stream of images once, batch size 1, and is tested on held-out
+  images every few samples; computed by :func:`labkit.tutorial.online_learning`, which also
+  serves notebook 01), with FA and BP references at the same theta_0, and the
+  teaching-signal angles alpha_l, as one matplotlib figure;
 * :func:`build_controls` / :func:`playground` -> the ipywidgets front end that calls
   :func:`run_and_plot` whenever a control changes. Building them needs no frontend.
+
+Nothing here lists terms or pathways: the sliders are one per row of
+:data:`labkit.terms.TERMS` (its ``name`` and ``slider`` range), the feedback menu is every
+pathway registered in :mod:`labkit.pathways` at the time the controls are built (labelled
+"<label> (<name>)"), so a new term or pathway shows up without editing this module.
 """
 from __future__ import annotations
 
@@ -22,23 +27,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .rules import N_TERMS, TERM_NAMES
+from . import pathways
+from .terms import TERMS
 from .tutorial import online_learning, theta_vector  # noqa: F401  (theta_vector: part of this module's API)
 
-#: Slider range (min, max) per term. theta_0 (the learning rate) is non-negative; the other
-#: terms are symmetric around 0, wide enough to reach divergence on the digits stream.
-SLIDER_RANGES: dict[int, tuple[float, float]] = {
-    0: (0.0, 0.05),
-    1: (-0.01, 0.01),
-    2: (-0.1, 0.1),
-    3: (-1e-3, 1e-3),
-    4: (-0.01, 0.01),
-    5: (-1e-3, 1e-3),
-    6: (-1e-3, 1e-3),
-    7: (-1e-3, 1e-3),
-    8: (-1e-3, 1e-3),
-    9: (-0.01, 0.01),
-}
+#: The reference curves drawn next to the user's rule: (pathway, legend name), each with
+#: theta_0 alone at the user's theta_0 (the paper's comparison of FA with backprop).
+REFERENCES: tuple[tuple[str, str], ...] = (("fa", "FA"), ("bp", "BP"))
 
 #: Fallback coefficients (theta_r by term) used when a preset's results folder is absent.
 #: Hand-set, NOT meta-learned: a small grid on the digits stream (default network, FA,
@@ -52,7 +47,8 @@ FALLBACK_THETA: dict[str, dict[int, float]] = {
     "Oja": {0: 0.01, 9: 0.003},
     "BP": {0: 0.01},
 }
-#: Results folder (under the results directory) and feedback pathway of each preset.
+#: Results folder (under the results directory) and feedback pathway of each preset (any
+#: registered pathway, see ``labkit.pathways.names()``).
 PRESET_SOURCES: dict[str, tuple[str, str]] = {
     "FA (lr only)": ("fa_lr", "fa"),
     "discovered bio": ("bio", "fa"),
@@ -65,12 +61,29 @@ DEFAULT_PRESET = "discovered bio"
 
 @dataclass(frozen=True)
 class Preset:
-    """A named rule: feedback pathway, the ten coefficients, and where they come from."""
+    """A named rule: feedback pathway (any registered one), one coefficient per term of
+    :data:`labkit.terms.TERMS`, and where they come from."""
 
     name: str
     feedback: str
-    theta: tuple[float, ...]  # length N_TERMS, zeros for unused terms
+    theta: tuple[float, ...]  # one per term (N_TERMS), zeros for unused terms
     source: str  # "mean of 4 meta-trained trials in ../results/bio" or "fallback (hand-set, ...)"
+
+    def __post_init__(self) -> None:
+        pathways.get(self.feedback)  # a ValueError naming the registered pathways otherwise
+
+
+def feedback_options() -> list[tuple[str, str]]:
+    """The feedback menu: ``("<label> (<name>)", name)`` for every registered pathway, in
+    the registry's order (``labkit.pathways.names()``: bp, fa, dfa first)."""
+    return [(f"{pathways.get(k).label} ({k})", k) for k in pathways.names()]
+
+
+def slider_specs() -> list[tuple[int, str, float, float]]:
+    """``(index, name, min, max)`` of each theta_r slider, from :data:`labkit.terms.TERMS`
+    (``Term.slider``: theta_0, the learning rate, is non-negative; the other ranges are
+    symmetric around 0 and wide enough to reach divergence on the digits stream)."""
+    return [(t.index, t.name, float(t.slider[0]), float(t.slider[1])) for t in TERMS]
 
 
 def presets(results_dir: str | Path | None = "../results") -> dict[str, Preset]:
@@ -100,7 +113,7 @@ def presets(results_dir: str | Path | None = "../results") -> dict[str, Preset]:
 
 
 def _describe_theta(theta: np.ndarray) -> str:
-    return ", ".join(rf"$\theta_{{{r}}}$={theta[r]:.2g}" for r in range(N_TERMS) if theta[r] != 0) or "all zero"
+    return ", ".join(rf"$\theta_{{{r}}}$={v:.2g}" for r, v in enumerate(theta) if v != 0) or "all zero"
 
 
 def run_and_plot(
@@ -117,16 +130,20 @@ def run_and_plot(
 ):
     """Run :func:`labkit.tutorial.online_learning` for the chosen rule and plot it; returns ``(fig, curves)``.
 
+    ``feedback`` is any registered pathway (``labkit.pathways.names()``); ``theta`` one
+    coefficient per term of :data:`labkit.terms.TERMS`.
     Left: test accuracy against training samples (mean over trials, 98% bootstrap band), with
-    FA and BP using theta_0 alone at the same theta_0 as references (``references=True``).
-    Right: teaching-signal angles alpha_l to backprop, per hidden layer, for the chosen rule.
+    the pathways of :data:`REFERENCES` (FA and BP) using theta_0 alone at the same theta_0 as
+    references (``references=True``) and the chance line 1/n_classes of the stream (10% for
+    digits). Right: teaching-signal angles alpha_l to backprop, per hidden layer, for the
+    chosen rule. Legends sit right of each panel, outside the curves.
     ``every`` defaults to n_samples // 20 (at least 10). ``curves`` maps each curve's label to
     the :func:`~labkit.tutorial.online_learning` result. The figure is closed in pyplot
     (display it yourself), so calling this repeatedly does not pile up figures.
     """
     import matplotlib.pyplot as plt
 
-    from .plots import plot_online_curves
+    from .plots import chance_level, plot_online_curves
 
     theta = theta_vector(theta)
     every = every or max(10, int(n_samples) // 20)
@@ -134,14 +151,14 @@ def run_and_plot(
     curves = {f"{label} ({feedback})": online_learning(feedback, theta, n_samples, **kw)}
     if references:
         lr_only = theta_vector({0: theta[0]})
-        for fb, name in (("fa", "FA"), ("bp", "BP")):
+        for fb, name in REFERENCES:
             if fb != feedback or not np.array_equal(theta, lr_only):
                 curves[f"{name}, theta_0 only"] = online_learning(fb, lr_only, n_samples, **kw)
     main = next(iter(curves.values()))
 
-    fig, (ax_acc, ax_alpha) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    fig, (ax_acc, ax_alpha) = plt.subplots(1, 2, figsize=(13, 4.2), layout="constrained")
     plot_online_curves({k.replace("theta_0", r"$\theta_0$"): (c["steps"], c["accuracy"]) for k, c in curves.items()},
-                       ax=ax_acc)
+                       ax=ax_acc, chance=chance_level(main["n_classes"]))
     ax_acc.set_ylim(0, 1)
     ax_acc.set_title("test accuracy during online learning", fontsize="medium")
     alpha = main["alpha"]  # (T, S, L-1)
@@ -167,13 +184,13 @@ class Controls:
     """The playground's ipywidgets: preset, feedback, one slider per theta_r, samples."""
 
     preset: Any  # ipywidgets.Dropdown whose values are Preset objects
-    feedback: Any  # ipywidgets.Dropdown over FEEDBACK_KINDS
-    thetas: list  # N_TERMS ipywidgets.FloatSlider
+    feedback: Any  # ipywidgets.Dropdown over every registered pathway (feedback_options())
+    thetas: list  # one ipywidgets.FloatSlider per term of labkit.terms.TERMS
     n_samples: Any  # ipywidgets.IntSlider
     source: Any  # ipywidgets.HTML saying where the preset's values come from
 
     def values(self) -> dict[str, Any]:
-        """Current ``feedback``, ``theta`` (10,), ``n_samples`` and ``label`` (the preset's name, marked
+        """Current ``feedback``, ``theta`` (one per term), ``n_samples`` and ``label`` (the preset's name, marked
         ", hand-set" for a fallback, while the controls still match it; else "custom rule"): keyword
         arguments of :func:`run_and_plot`."""
         theta = np.array([s.value for s in self.thetas], dtype=float)
@@ -211,18 +228,14 @@ def build_controls(
     if preset not in table:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(table)}")
     style = {"description_width": "initial"}
-    sliders = []
-    for r in range(N_TERMS):
-        lo, hi = SLIDER_RANGES[r]
-        sliders.append(w.FloatSlider(
-            value=0.0, min=lo, max=hi, step=(hi - lo) / 400, description=f"θ{r} {TERM_NAMES[r]}",
-            readout_format=".2e", continuous_update=False, style=style, layout=w.Layout(width="460px"),
-        ))
+    sliders = [
+        w.FloatSlider(value=0.0, min=lo, max=hi, step=(hi - lo) / 400, description=f"θ{r} {name}",
+                      readout_format=".2e", continuous_update=False, style=style, layout=w.Layout(width="460px"))
+        for r, name, lo, hi in slider_specs()
+    ]
     controls = Controls(
         preset=w.Dropdown(options=[(k, p) for k, p in table.items()], value=table[preset], description="preset"),
-        feedback=w.Dropdown(options=[("backprop (bp)", "bp"), ("feedback alignment (fa)", "fa"),
-                                     ("direct feedback alignment (dfa)", "dfa")],
-                            value=table[preset].feedback, description="feedback"),
+        feedback=w.Dropdown(options=feedback_options(), value=table[preset].feedback, description="feedback"),
         thetas=sliders,
         n_samples=w.IntSlider(value=n_samples, min=50, max=max_samples, step=50, description="samples",
                               continuous_update=False),

@@ -42,7 +42,7 @@
 # their curves are noise. The helpers the notebooks share (`load_or_run`, `save_figure`) live in
 # `labkit.tutorial`.
 
-# %% Setup: imports, seeds, threads, helpers
+# %% Setup: imports, seeds, threads
 import time
 
 import matplotlib.pyplot as plt
@@ -50,30 +50,23 @@ import numpy as np
 import pandas as pd
 import torch
 
-from labkit import plots, results, rules
+from labkit import plots, results, rules, terms
 from labkit.learner import episode_loss, meta_gradient
 from labkit.meta import MetaConfig, MetaTrainer
-from labkit.stats import bootstrap_ci
-from labkit.tutorial import load_or_run, save_figure
+from labkit.tutorial import figure_folder, load_or_run, save_figure, setup_notebook
 
-torch.manual_seed(0)
-np.random.seed(0)
-torch.set_num_threads(1)  # tiny tensors: one thread is fastest, and avoids contention on shared CPUs
+setup_notebook(seed=0)  # seeds (and threads), set once
 pd.set_option("display.precision", 4)
 WINDOW = 10  # episodes of moving-average smoothing, as in the paper's figures
-
-
-def final_accuracy(run, last=10):
-    """Per-trial mean meta-accuracy over the last `last` episodes -> (mean, low, high) 98% CI."""
-    eps, acc, _ = results.pivot_trials(run.history, "meta_accuracy")
-    per_trial = np.nanmean(acc[:, -last:], axis=1)
-    return tuple(float(v) for v in bootstrap_ci(per_trial))
-
 
 # %% tags=["parameters"]
 SMOKE = False  # True: tiny fresh runs only (for tests); False: read RESULTS_DIR when present
 RESULTS_DIR = "../results"
 FIG_DIR = "../figures"
+
+# %%
+FIG_DIR = figure_folder(FIG_DIR, SMOKE)  # a smoke run never writes into the committed figures/
+print(f"SMOKE={SMOKE}: figures -> {FIG_DIR}")
 
 # %% [markdown]
 # ## 1 · The pool of candidate plasticity terms
@@ -107,16 +100,18 @@ FIG_DIR = "../figures"
 # $B_l = W_l^\top$). Terms that read the pre-synaptic error $e_{l-1}$ need, in layer 1, an error
 # for the input pixels: the library uses the synthetic $e_0 = (B_1 e_1) \odot (1 - e^{-\beta y_0})$.
 #
-# `labkit.rules` holds the same table:
+# `labkit.terms` holds the same table (everything in the library that names or counts the
+# terms reads it):
 
 # %%
 pool_table = pd.DataFrame(
     {
-        "name": rules.TERM_NAMES,
-        "reads pre error e_{l-1}": [r in rules.USES_PRE_ERROR for r in range(rules.N_TERMS)],
-        "in F^bio": [r in rules.NAMED_RULES["bio"] for r in range(rules.N_TERMS)],
+        "name": [t.name for t in terms.TERMS],
+        "F^r": [t.equation for t in terms.TERMS],
+        "reads pre error e_{l-1}": [t.reads_pre_error for t in terms.TERMS],
+        "in F^bio": [t.index in terms.NAMED_RULES["bio"] for t in terms.TERMS],
     },
-    index=pd.Index(range(rules.N_TERMS), name="r"),
+    index=pd.Index([t.index for t in terms.TERMS], name="r"),
 )
 pool_table
 
@@ -132,11 +127,11 @@ W = torch.randn(1, n_post, n_pre, generator=g, dtype=torch.float64)
 y_pre, e_pre = torch.rand(1, n_pre, generator=g, dtype=torch.float64), torch.randn(1, n_pre, generator=g, dtype=torch.float64)
 z_post = torch.einsum("tij,tj->ti", W, y_pre)  # z_l = W_l y_{l-1} (term 8 reads it)
 y_post, e_post = torch.nn.functional.softplus(z_post, beta=10), torch.randn(1, n_post, generator=g, dtype=torch.float64)
-theta = torch.randn(1, rules.N_TERMS, generator=g, dtype=torch.float64)
+theta = torch.randn(1, terms.N_TERMS, generator=g, dtype=torch.float64)
 
 reference = W + sum(theta[:, r, None, None] * rules.pool_term(r, W, y_pre, y_post, e_pre, e_post)
-                    for r in range(rules.N_TERMS))
-fused = rules.fused_update(theta, range(rules.N_TERMS), W, y_pre, y_post, e_pre, e_post, z_post)
+                    for r in range(terms.N_TERMS))
+fused = rules.fused_update(theta, range(terms.N_TERMS), W, y_pre, y_post, e_pre, e_post, z_post)
 print(f"max |fused - reference| = {(fused - reference).abs().max().item():.2e}")
 
 # %% [markdown]
@@ -177,23 +172,27 @@ print(f"max |fused - reference| = {(fused - reference).abs().max().item():.2e}")
 # differentiating through the whole unrolled inner loop (`labkit.learner.meta_gradient`: a
 # reverse pass derived by hand in `labkit/adjoint.py`, tested equal to autograd's; no
 # truncation, no first-order shortcut). The L1 term adds
-# $\lambda\,\mathrm{sign}(\theta_r)$ (zero while $\theta_r = 0$). Adam (learning rate $10^{-3}$)
-# then takes one step per episode, starting from $\theta_0 = 10^{-3}$, $\theta_{r>0} = 0$.
+# $\lambda\,\mathrm{sign}(\theta_r)$ (zero while $\theta_r = 0$). Adam then takes one step per
+# episode, starting from $\theta_0 = 10^{-3}$, $\theta_{r>0} = 0$. Its learning rate is the
+# paper's $10^{-3}$ for the one-term rules (FA, BP); the ten-term pool uses $3 \times 10^{-4}$
+# (`labkit.meta.DEFAULT_META_LR`; at $10^{-3}$ most pool trials collapse to chance here, see the
+# README's "Stability"). Two more safeguards apply to rules with several terms: a **warm-up**,
+# the learning rate rising linearly over the first 20 episodes (`--warmup`), and **term
+# scaling**, $\theta_r$'s step multiplied by $c_r = \min(1, \lVert F^0 \rVert / \lVert F^r \rVert)$,
+# measured once on a probe episode, so that no term moves $W$ faster per meta-step than the
+# pseudo-gradient (`--no-term-scaling` turns it off).
 #
 # ### A meta-training step by hand
 #
 # Below, a `MetaTrainer` (float64, one trial, a tiny task with $K = 5$, $Q = 2$) draws one
-# episode. We compute the meta-gradient ourselves, then let `trainer.step()` take the real step
-# on *the same* episode (we rewind the trial's random generators) and compare.
+# episode without advancing its random generators (`draw(..., advance=False)`). We compute the
+# meta-gradient ourselves, then let `trainer.step()` take the real step, which draws *the same*
+# episode, and compare.
 
 # %%
 demo = MetaTrainer(MetaConfig(rule="pool", trials=1, episodes=1, K=5, Q=2, dtype="float64", seed=0))
-lam, lr = demo.config.lam, demo.config.meta_lr
-gens = demo.task_gens + demo.weight_gens
-saved = [gen.get_state() for gen in gens]
-ep = demo.draw([0])  # task, W and B of this episode
-for gen, state in zip(gens, saved):  # rewind, so that step() draws the same episode
-    gen.set_state(state)
+lam, lr, warmup = demo.config.lam, demo.config.meta_lr, demo.config.warmup
+ep = demo.draw([0], advance=False)  # task, W and B of the next episode; step() will draw the same
 
 theta_before = demo.theta.clone()
 t0 = time.perf_counter()
@@ -202,25 +201,30 @@ t_grad = time.perf_counter() - t0
 rows = demo.step()  # the real thing: meta-gradient + L1 + Adam
 theta_after = demo.theta.clone()
 
+step_size = lr * (min(1.0, 1 / warmup) if warmup else 1.0) * demo.term_scale  # (10,): this step's lr per term
 step_table = pd.DataFrame(
     {
-        "term": rules.TERM_NAMES,
+        "term": terms.TERM_NAMES,
         "theta before": theta_before[0].numpy(),
         "dCE/dtheta": mg.grad[0].numpy(),
         "lambda*sign(theta)": lam * np.sign(theta_before[0].numpy()),
         "theta after": theta_after[0].numpy(),
-        "change / meta_lr": ((theta_after - theta_before)[0] / lr).numpy(),
+        "term scale c_r": demo.term_scale.numpy(),
+        "change / step size": ((theta_after - theta_before)[0] / step_size).numpy(),
     }
 )
 print(f"episode 1: query loss {mg.loss.item():.4f}, query accuracy {mg.accuracy.item():.2f} "
-      f"(trainer recorded {rows[0]['meta_loss']:.4f}); meta-gradient took {t_grad:.2f} s; lambda = {lam:g}")
+      f"(trainer recorded {rows[0]['meta_loss']:.4f}); meta-gradient took {t_grad:.2f} s; lambda = {lam:g}; "
+      f"meta lr {lr:g}, warm-up {warmup} episodes")
 step_table
 
 # %% [markdown]
-# Adam's first step is sign-sized: each coordinate moves by almost exactly $-10^{-3}\,
-# \mathrm{sign}(\partial\mathcal L/\partial\theta_r)$, whatever the gradient's magnitude (the
-# last column is $\approx \mp 1$). This is why `labkit` offers a warm-up of the meta learning
-# rate (`--warmup`): the first steps push every term by the same amount.
+# Adam's first step is sign-sized: each coordinate moves by almost exactly its step size
+# (meta learning rate $\times$ warm-up factor $1/20$ $\times$ $c_r$) against the sign of its
+# gradient, whatever the gradient's magnitude (the last column is $\approx \mp 1$). Without the
+# warm-up, every term of the pool would jump by the full learning rate at once, before the
+# meta-gradient has any consensus; in our runs that threw most trials into a dead regime, which
+# is why the warm-up is on by default for rules with several terms.
 #
 # Is the meta-gradient really exact? Compare it with central finite differences of the
 # query loss, re-running the whole inner loop at $\theta \pm h\,\mathbf{e}_r$:
@@ -234,15 +238,16 @@ for r in (0, 2, 9):
     plus, _, _ = episode_loss(theta_before + bump, ep)
     minus, _, _ = episode_loss(theta_before - bump, ep)
     fd[r] = ((plus - minus) / (2 * h)).item()
-pd.DataFrame({"autograd": [mg.grad[0, r].item() for r in fd], "finite difference": list(fd.values())},
-             index=pd.Index([f"theta_{r} ({rules.TERM_NAMES[r]})" for r in fd], name="term"))
+pd.DataFrame({"meta_gradient": [mg.grad[0, r].item() for r in fd], "finite difference": list(fd.values())},
+             index=pd.Index([f"theta_{r} ({terms.TERM_NAMES[r]})" for r in fd], name="term"))
 
 # %% [markdown]
 # **Think!**
 #
-# 1. Reverse-mode autograd stores the weights after each of the $MK$ updates. How does memory
-#    grow with $K$? (`labkit discover --grad-mode forward` trades this memory for one extra
-#    pass per active term.)
+# 1. Autograd's reverse mode (`labkit discover --grad-mode reverse`) stores the weights after
+#    each of the $MK$ updates. How does its memory grow with $K$? (The default, the hand-derived
+#    reverse pass of `labkit/adjoint.py`, reconstructs them backwards instead, by undoing each
+#    update; `--grad-mode forward` trades the memory for one extra pass per active term.)
 # 2. Why draw fresh $W$ and $B$ every episode instead of keeping them? What would $\theta$ learn
 #    if $B$ were always the same matrix?
 #
@@ -253,9 +258,11 @@ pd.DataFrame({"autograd": [mg.grad[0, r].item() for r in fd], "finite difference
 # **Exercises.**
 #
 # 1. Set `lam` to zero by passing `lam=0.0` to `MetaConfig` above: which column changes?
-# 2. Call `demo.step()` a few more times and watch `demo.theta`. After five steps the adaptive
-#    gradient clipping of `MetaTrainer` (`clip`, see `labkit.meta`) becomes active: what does it
-#    protect against?
+#    Then pass `warmup=0`: how does the last column change?
+# 2. Call `demo.step()` a few more times and watch `demo.theta`. After five steps the guard
+#    against explosive meta-gradients of `MetaTrainer` becomes active (`clip`, `explosive`: a
+#    gradient more than 10x the median of the trial's recent ones is skipped, or clipped after
+#    repeated skips; see `labkit.meta`): what does it protect against?
 
 # %% [markdown]
 # ## 3 · Fig. 4: L1 carves $F^{bio}$ out of the pool
@@ -304,7 +311,7 @@ def theta_table(run):
     th = run.theta
     tab = pd.DataFrame(
         {
-            "term": [rules.TERM_NAMES[r] for r in th["terms"]],
+            "term": [terms.TERM_NAMES[r] for r in th["terms"]],
             "mean": [th["mean"][f"theta_{r}"] for r in th["terms"]],
             "CI low": [th["ci_low"][f"theta_{r}"] for r in th["terms"]],
             "CI high": [th["ci_high"][f"theta_{r}"] for r in th["terms"]],
@@ -390,7 +397,7 @@ save_figure(fig, FIG_DIR, "02_bio_vs_pool.png")
 
 # %%
 summary = pd.DataFrame(
-    [(name, run.size, *final_accuracy(run), run.source) for name, run in compare.items()],
+    [(name, run.size, *results.final_accuracy(run.history), run.source) for name, run in compare.items()],
     columns=["rule", "size", "meta-accuracy (last 10 ep.)", "98% CI low", "98% CI high", "source"],
 ).set_index("rule")
 summary
@@ -424,13 +431,13 @@ theta_table(bio)
 # Everything above is produced by the `labkit` command (installed with the package). One
 # command meta-trains a rule for several batched trials and writes `history.csv`,
 # `config.json`, `theta.json` and a checkpoint into `--out`; an interrupted run continues with
-# `--resume`. The committed folders were made with commands of this form (add
-# `--dataset emnist --data-root DATA` for the paper's dataset; the default is the offline
-# `digits` set):
+# `--resume`. The committed folders were made with commands of this form
+# (`scripts/reproduce.sh` runs them all; add `--dataset emnist --data-root DATA` for the paper's
+# dataset; the default is the offline `digits` set):
 #
 # ```bash
-# labkit discover --rule fa   --trials 20 --episodes 600 --out results/fa_lr   # FA, learning rate only
-# labkit discover --rule bp   --trials 20 --episodes 600 --out results/bp_lr   # backprop, learning rate only
+# labkit discover --rule fa   --trials 8  --episodes 300 --out results/fa_lr   # FA, learning rate only
+# labkit discover --rule bp   --trials 8  --episodes 300 --out results/bp_lr   # backprop, learning rate only
 # labkit discover --rule pool --trials 20 --episodes 600 --l1 proximal --lam 0.1 --compile --workers 2 --out results/pool_20x600
 # labkit discover --rule bio  --trials 20 --episodes 600 --compile --workers 2 --out results/bio_20x600   # terms 0, 2, 9
 # labkit figures results/pool_20x600 results/fa_lr results/bp_lr --labels pool FA BP --prefix fig4_

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -40,7 +42,9 @@
 # `RESULTS_DIR` (`ehebb`, `bio`, `oja`, `fa_lr`) when present; in smoke mode or when a folder is
 # missing, a *tiny* run is computed afresh (the printout says which). The other experiments
 # (Table 1, information flow, the linear check) are computed live, at a small size in smoke mode.
-# The helpers the notebooks share (`load_or_run`, `save_figure`) live in `labkit.tutorial`.
+# The helpers the notebooks share (`load_or_run`, `save_figure`) live in `labkit.tutorial`; the
+# building blocks of the live experiments (`fresh_tasks`, `information_flow`) in `labkit.analysis`,
+# and the end-of-run averages (`final_values`) in `labkit.results`.
 
 # %% Setup: imports, seeds, threads, helpers
 import itertools
@@ -52,26 +56,20 @@ import pandas as pd
 import torch
 
 from labkit import plots, results
-from labkit.data import EpisodeSampler, load_dataset, stack_episodes
-from labkit.feedback import backward, init_feedback
+from labkit.analysis import fresh_tasks, information_flow, task_theta
 from labkit.learner import online_train
-from labkit.meta import MetaConfig, MetaTrainer, trial_generators  # MetaConfig, MetaTrainer: for the exercises
 from labkit.metrics import alignment_angles, query_loss_and_accuracy, weight_angles
-from labkit.networks import forward, init_weights
-from labkit.rules import N_TERMS, make_rule
-from labkit.tutorial import load_or_run, save_figure
+from labkit.rules import make_rule
+from labkit.tutorial import figure_folder, load_or_run, save_figure, setup_notebook, theta_vector
 
-torch.manual_seed(0)
-np.random.seed(0)
-torch.set_num_threads(1)  # tiny tensors: one thread is fastest, and avoids contention on shared CPUs
+setup_notebook(seed=0)  # seeds (and threads), set once
 pd.set_option("display.precision", 3)
 WINDOW = 10  # episodes of moving-average smoothing, as in the paper's figures
 
 
-def last_episodes(run, column, last=10):
-    """Mean over trials of the per-trial mean of `column` over the last `last` episodes."""
-    _, vals, _ = results.pivot_trials(run.history, column)
-    return float(np.nanmean(np.nanmean(vals[:, -last:], axis=1)))
+def final_mean(run, column):
+    """Mean over the run's trials of `column` averaged over each trial's last 10 episodes."""
+    return results.final_values(run.history, column).mean()
 
 
 def per_layer_figure(runs, plot, layers, title, filename):
@@ -90,26 +88,6 @@ def per_layer_figure(runs, plot, layers, title, filename):
     save_figure(fig, FIG_DIR, filename)
 
 
-def fresh_tasks(hidden, tasks, K, seed=1000, Q=10, M=5):
-    """New tasks with fresh W and B (one per task), as labkit.meta.evaluate_rule draws them."""
-    ds = load_dataset(DATASET)
-    sampler = EpisodeSampler(ds, M, K, Q)
-    sizes = (ds.images.shape[1], *hidden, sampler.n_outputs)
-    gens = [trial_generators(seed, k) for k in range(tasks)]
-    ep = stack_episodes([sampler.sample(g[0]) for g in gens])
-    Ws = init_weights(sizes, [g[1] for g in gens])
-    Bs = init_feedback("fa", sizes, [g[1] for g in gens])
-    return sizes, Ws, Bs, ep
-
-
-def theta_vector(tasks, **coefs):
-    """(tasks, 10) theta with the given coefficients, e.g. theta_vector(4, t0=0.005, t2=-0.02)."""
-    th = torch.zeros(tasks, N_TERMS)
-    for key, value in coefs.items():
-        th[:, int(key[1:])] = value
-    return th
-
-
 # %% tags=["parameters"]
 SMOKE = False  # True: tiny fresh runs and small live experiments (for tests)
 RESULTS_DIR = "../results"
@@ -122,7 +100,9 @@ N_DRAWS = 256  # random linear networks averaged over in section 2
 # %%
 if SMOKE:  # small live experiments
     N_TASKS, K_LIVE, N_DRAWS = min(N_TASKS, 4), min(K_LIVE, 10), min(N_DRAWS, 32)
-print(f"live experiments: {N_TASKS} tasks, K = {K_LIVE}, dataset {DATASET}; linear check: {N_DRAWS} draws")
+FIG_DIR = figure_folder(FIG_DIR, SMOKE)  # a smoke run never writes into the committed figures/
+print(f"live experiments: {N_TASKS} tasks, K = {K_LIVE}, dataset {DATASET}; linear check: {N_DRAWS} draws; "
+      f"figures -> {FIG_DIR}")
 
 # %% [markdown]
 # ## 1 · eHebb aligns teaching signals (Fig. 5)
@@ -151,7 +131,7 @@ per_layer_figure({k: r.history for k, r in fig5.items()}, plots.plot_alignment, 
 
 # %%
 pd.DataFrame(
-    {name: [last_episodes(run, "meta_accuracy")] + [last_episodes(run, f"alpha_{l}") for l in range(1, L)]
+    {name: [final_mean(run, "meta_accuracy")] + [final_mean(run, f"alpha_{l}") for l in range(1, L)]
      for name, run in fig5.items()},
     index=["meta-accuracy"] + [f"alpha_{l} (deg)" for l in range(1, L)],
 ).rename_axis("mean of the last 10 episodes")
@@ -281,7 +261,8 @@ given_B
 # some layers only. `labkit.rules.make_rule` accepts one term list per layer, e.g.
 # `[[0, 2], [0], [0]]` = eHebb in layer 1 only. For each of the $2^3 = 8$ choices we train
 # **the same** fresh networks (same tasks, same initial $W$ and $B$: a paired comparison)
-# online on new tasks and measure the angles after training.
+# online on new tasks and measure the angles after training. `labkit.analysis.fresh_tasks`
+# draws them, the same way `labkit evaluate` (`labkit.evaluation.evaluate_rule`) draws new tasks.
 #
 # **Note: fixed $\theta$.** The paper meta-learns $\theta$ for every configuration. Here, to keep
 # the table cheap, all eight configurations use **one fixed** $\theta$: $\theta_0$ = the
@@ -298,22 +279,23 @@ print(f"fixed theta for sections 3-4: theta_0 = {THETA_0:.4g} ({'fa_lr run' if f
       f" theta_2 = {THETA_2:.4g} ({'bio run' if bio.source == 'results' else 'documented'})")
 
 t0 = time.perf_counter()
-sizes3, Ws3, Bs3, ep3 = fresh_tasks((130, 70), N_TASKS, K_LIVE)
-theta3 = theta_vector(N_TASKS, t0=THETA_0, t2=THETA_2)
+net3 = fresh_tasks((130, 70), N_TASKS, K_LIVE, dataset=DATASET)  # N_TASKS tasks, each with its own W and B
+ep3 = net3.episodes
+theta3 = task_theta(theta_vector({0: THETA_0, 2: THETA_2}), N_TASKS)  # (N_TASKS, 10), the same rule for all
 rows = []
 for choice in itertools.product([False, True], repeat=3):
     spec = [[0, 2] if has else [0] for has in choice]
-    W_after = online_train(Ws3, Bs3, "fa", make_rule(spec, 3), theta3, ep3.x_train, ep3.y_train)
+    W_after = online_train(net3.Ws, net3.Bs, "fa", make_rule(spec, 3), theta3, ep3.x_train, ep3.y_train)
     _, acc = query_loss_and_accuracy(W_after, ep3.x_query, ep3.y_query)
-    alpha = alignment_angles(W_after, Bs3, "fa", ep3.x_query, ep3.y_query)
-    wang = weight_angles(W_after, Bs3, "fa")
+    alpha = alignment_angles(W_after, net3.Bs, "fa", ep3.x_query, ep3.y_query)
+    wang = weight_angles(W_after, net3.Bs, "fa")
     name = ",".join(str(l + 1) for l, has in enumerate(choice) if has) or "none"
     rows.append({"eHebb in layers": name, "query accuracy": acc.mean().item(),
                  **{f"alpha_{l}": alpha[:, l - 1].nanmean().item() for l in (1, 2)},
                  **{f"angle(W_{l}, B_{l}^T)": wang[:, l - 1].mean().item() for l in (1, 2, 3)},
                  **{f"_has_{l}": has for l, has in zip((1, 2, 3), choice)}})
 table1 = pd.DataFrame(rows).set_index("eHebb in layers")
-print(f"network {'-'.join(map(str, sizes3))}, {N_TASKS} new tasks, K = {K_LIVE}, "
+print(f"network {'-'.join(map(str, net3.sizes))}, {N_TASKS} new tasks, K = {K_LIVE}, "
       f"one online pass; {time.perf_counter() - t0:.1f} s")
 table1.drop(columns=[c for c in table1 if c.startswith("_")])
 
@@ -345,7 +327,7 @@ ax.set_ylabel("eHebb in layers")
 for (i, j), v in np.ndenumerate(shown.to_numpy()):
     ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize="small", color="k" if v < np.nanmean(shown.to_numpy()) else "w")
 fig.colorbar(im, ax=ax, label="angle (deg)")
-ax.set_title(f"Table 1: angles after one online pass, {'-'.join(map(str, sizes3))}, {N_TASKS} tasks, K = {K_LIVE}\n"
+ax.set_title(f"Table 1: angles after one online pass, {'-'.join(map(str, net3.sizes))}, {N_TASKS} tasks, K = {K_LIVE}\n"
              rf"fixed $\theta_0$ = {THETA_0:.3g}, $\theta_2$ = {THETA_2:.3g} (not meta-learned per configuration)",
              fontsize="small")
 save_figure(fig, FIG_DIR, "03_table1_angles.png")
@@ -382,41 +364,27 @@ save_figure(fig, FIG_DIR, "03_table1_angles.png")
 #
 # We compare networks before training, after one online pass with FA ($\theta_0$) and after one
 # pass with eHebb ($\theta_0$ and $\theta_2$, same fixed values as in section 3).
+# `labkit.analysis.information_flow` computes both measures for every layer of a batch of networks.
 
 # %%
-def information_flow(Ws, Bs, x, y):
-    """Per layer l = 1..L: mean per-sample cos(e_l, e_l^BP) and cos(pseudo-gradient_l, gradient_l)."""
-    _, ys = forward(Ws, x)
-    e_L = ys[-1] - torch.nn.functional.one_hot(y, ys[-1].shape[-1]).to(x.dtype)
-    e_fb = backward("fa", Ws, Bs, ys, e_L, need_e0=False)
-    e_bp = backward("bp", Ws, [], ys, e_L, need_e0=False)
-    out = []
-    for l in range(1, len(Ws) + 1):
-        a, b = e_fb[l], e_bp[l]
-        signal = ((a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))).nanmean()
-        g_fb = torch.bmm(a.transpose(1, 2), ys[l - 1]).flatten(1)  # (T, n_l * n_{l-1})
-        g_bp = torch.bmm(b.transpose(1, 2), ys[l - 1]).flatten(1)
-        grad = ((g_fb * g_bp).sum(-1) / (g_fb.norm(dim=-1) * g_bp.norm(dim=-1))).mean()
-        out.append((l, signal.item(), grad.item()))
-    return out
-
-
 t0 = time.perf_counter()
 hidden5 = tuple(ehebb.config["hidden"])
-sizes5, Ws5, Bs5, ep5 = fresh_tasks(hidden5, N_TASKS, K_LIVE, seed=2000)
-L5 = len(sizes5) - 1
+net5 = fresh_tasks(hidden5, N_TASKS, K_LIVE, seed=2000, dataset=DATASET)
+ep5, L5 = net5.episodes, net5.n_layers
 nets = {
-    "untrained": Ws5,
-    "FA": online_train(Ws5, Bs5, "fa", make_rule("fa", L5), theta_vector(N_TASKS, t0=THETA_0),
-                       ep5.x_train, ep5.y_train),
-    "eHebb": online_train(Ws5, Bs5, "fa", make_rule("ehebb", L5), theta_vector(N_TASKS, t0=THETA_0, t2=THETA_2),
-                          ep5.x_train, ep5.y_train),
+    "untrained": net5.Ws,
+    "FA": online_train(net5.Ws, net5.Bs, "fa", make_rule("fa", L5),
+                       task_theta(theta_vector({0: THETA_0}), N_TASKS), ep5.x_train, ep5.y_train),
+    "eHebb": online_train(net5.Ws, net5.Bs, "fa", make_rule("ehebb", L5),
+                          task_theta(theta_vector({0: THETA_0, 2: THETA_2}), N_TASKS), ep5.x_train, ep5.y_train),
 }
-flow = pd.DataFrame(
-    [(name, l, s, g) for name, W in nets.items() for l, s, g in information_flow(W, Bs5, ep5.x_query, ep5.y_query)],
-    columns=["network", "layer", "cos(e_l, e_l^BP)", "cos(pseudo-grad, grad)"],
-)
-print(f"network {'-'.join(map(str, sizes5))}, {N_TASKS} tasks, K = {K_LIVE}; {time.perf_counter() - t0:.1f} s")
+columns = {"signal_cosine": "cos(e_l, e_l^BP)", "gradient_cosine": "cos(pseudo-grad, grad)"}
+flow = pd.concat(
+    {name: information_flow(W, net5.Bs, ep5.x_query, ep5.y_query, feedback="fa").rename(columns=columns)
+     for name, W in nets.items()},
+    names=["network"],
+).reset_index()
+print(f"network {'-'.join(map(str, net5.sizes))}, {N_TASKS} tasks, K = {K_LIVE}; {time.perf_counter() - t0:.1f} s")
 flow.pivot(index="layer", columns="network")
 
 # %%
@@ -430,7 +398,7 @@ for ax, column in zip(axes, ["cos(e_l, e_l^BP)", "cos(pseudo-grad, grad)"]):
     ax.set_ylabel(column)
     ax.set_xticks(range(1, L5 + 1))
     ax.legend(fontsize="small")
-fig.suptitle(f"Information about the output error reaching each layer (Fig. 6): {'-'.join(map(str, sizes5))}, "
+fig.suptitle(f"Information about the output error reaching each layer (Fig. 6): {'-'.join(map(str, net5.sizes))}, "
              f"{N_TASKS} tasks, K = {K_LIVE}, one online pass\n"
              rf"fixed $\theta_0$ = {THETA_0:.3g}, $\theta_2$ = {THETA_2:.3g}", fontsize="small")
 save_figure(fig, FIG_DIR, "03_fig6_information_flow.png")
@@ -480,9 +448,9 @@ per_layer_figure(pair, plots.plot_orthonormality, range(1, L + 1),
                  "03_fig8_orthonormality.png")
 
 # %%
-rows = {"meta-accuracy": [last_episodes(r, "meta_accuracy") for r in (oja, fa)]}
-rows.update({f"alpha_{l} (deg)": [last_episodes(r, f"alpha_{l}") for r in (oja, fa)] for l in range(1, L)})
-rows.update({f"E_{l}": [last_episodes(r, f"ortho_{l}") for r in (oja, fa)] for l in range(1, L + 1)})
+rows = {"meta-accuracy": [final_mean(r, "meta_accuracy") for r in (oja, fa)]}
+rows.update({f"alpha_{l} (deg)": [final_mean(r, f"alpha_{l}") for r in (oja, fa)] for l in range(1, L)})
+rows.update({f"E_{l}": [final_mean(r, f"ortho_{l}") for r in (oja, fa)] for l in range(1, L + 1)})
 oja_table = pd.DataFrame(rows, index=["F^Oja", "FA"]).T
 oja_table["Oja / FA"] = oja_table["F^Oja"] / oja_table["FA"]
 oja_table.rename_axis("mean of the last 10 episodes")

@@ -22,10 +22,18 @@
 #
 # Notebooks 01-03 showed that feedback alignment (FA) learns slowly online, that
 # meta-learning finds a better rule $F^{bio}$ (pseudo-gradient + eHebb + Oja) and what each of
-# its terms does. Here you set the ten coefficients $\theta_0 .. \theta_9$ of the pool by hand
-# and watch a fresh 784-170-130-100-70-10 network learn online (batch size 1, one pass):
+# its terms does. Here you set the coefficients $\theta_r$ of the pool by hand (the paper's ten,
+# $\theta_0 .. \theta_9$: one slider per term of `labkit.terms.TERMS`) and watch a fresh
+# 784-170-130-100-70-10 network learn online (batch size 1, one pass):
 #
-# $$W_\ell \leftarrow W_\ell + \sum_{r=0}^{9} \theta_r F^r_\ell .$$
+# $$W_\ell \leftarrow W_\ell + \sum_{r} \theta_r F^r_\ell .$$
+#
+# The errors reach the hidden layers through a feedback pathway of your choice: the paper's
+# backprop (`bp`), feedback alignment (`fa`) and direct feedback alignment (`dfa`), and also
+# sign-symmetry (`usf`: the signs of $W^\top$ times one uniform magnitude; `frsf`: the signs of $W^\top$
+# with fixed random magnitudes) and direct random target projection (`drtp`: the *target*, not
+# the error, sent to every hidden layer through fixed random matrices). The menu lists every
+# pathway registered in `labkit.pathways`.
 #
 # **Objectives.** After this notebook you can
 #
@@ -41,16 +49,13 @@
 
 # %% Setup: imports, seeds, threads
 import numpy as np
-import torch
 from IPython.display import display
 
-from labkit import widgets
-from labkit.rules import TERM_NAMES
-from labkit.tutorial import save_figure
+from labkit import pathways, widgets
+from labkit.terms import TERMS
+from labkit.tutorial import figure_folder, save_figure, setup_notebook
 
-torch.manual_seed(0)
-np.random.seed(0)
-torch.set_num_threads(1)  # small mat-vecs: one thread is fastest, and avoids contention on shared CPUs
+setup_notebook(seed=0)  # seeds (and threads), set once
 
 # %% tags=["parameters"]
 SMOKE = False  # True: short stream, few trials (for tests)
@@ -64,6 +69,7 @@ DATASET = "digits"  # the bundled offline digits (fast); "mnist" if on disk
 # %%
 if SMOKE:
     N_SAMPLES, TRIALS = 100, 2
+FIG_DIR = figure_folder(FIG_DIR, SMOKE)  # a smoke run never writes into the committed figures/
 print(f"SMOKE={SMOKE}: {N_SAMPLES} samples, {TRIALS} trials on {DATASET}")
 
 # %% [markdown]
@@ -123,6 +129,11 @@ widgets.playground(controls, initial_figure=fig, trials=TRIALS, dataset=DATASET)
 # **Think!** Switch the "BP" preset's feedback to `fa` and back. Which part of the gap does
 # $\theta_0$ explain, and which part does the pathway explain?
 #
+# **Think!** Try sign-symmetry: with "FA (lr only)", switch the feedback to `usf`, then `frsf`.
+# Both transport only the *signs* of the forward weights. How close do they get to `bp`, and how
+# large are their angles $\alpha_\ell$ compared with `fa`'s? Then try `drtp`, which sends the
+# target instead of the error: does adding eHebb (negative $\theta_2$) still help there?
+#
 # ### Summary
 # * The discovered bio rule ($\theta_0, \theta_2, \theta_9$) brings FA close to backprop's online
 #   learning; $\theta_0$ alone cannot.
@@ -143,13 +154,18 @@ widgets.playground(controls, initial_figure=fig, trials=TRIALS, dataset=DATASET)
 # %% [markdown]
 # ## Summary
 #
-# * `labkit.widgets` gives presets for the paper's rules, sliders for all ten coefficients and one
-#   function, `run_and_plot`, that trains fresh networks online and plots accuracy and alignment.
+# * `labkit.widgets` gives presets for the paper's rules, one slider per plasticity term, a menu of
+#   every registered feedback pathway and one function, `run_and_plot`, that trains fresh networks
+#   online and plots accuracy (with the chance line) and alignment.
 # * The figure above (`04_playground_default.png`) is the default preset; the same call underlies
 #   every update of the live controls.
-# * Term reference (the pool, notebook 02):
+# * Term and pathway reference (the pool, notebook 02; `labkit.terms` and `labkit.pathways`):
 
 # %%
-for r, name in enumerate(TERM_NAMES):
-    lo, hi = widgets.SLIDER_RANGES[r]
-    print(f"theta_{r}: {name:28s} slider range [{lo:g}, {hi:g}]")
+for t in TERMS:
+    lo, hi = t.slider
+    print(f"theta_{t.index}: {t.name:28s} F = {t.equation:36s} slider range [{lo:g}, {hi:g}]")
+print()
+for name in pathways.names():
+    pw = pathways.get(name)
+    print(f"{name:5s} {pw.label:36s} {pw.equation}")

@@ -1,5 +1,5 @@
 """Claims about the core of labkit: networks, feedback pathways, the plasticity pool,
-the online learner with its meta-gradient, and the measurements (PAPER.md).
+the online learner with its meta-gradient, and the measurements (docs/architecture.md, "The science in one screen").
 
 Everything runs in float64 on small networks so that equalities can be checked tightly.
 References are written independently of the library: autograd on a plain network,
@@ -197,7 +197,7 @@ def test_e0_is_skipped_only_when_not_needed():
 
 
 def loop_term(r, W, y_pre, y_post, e_pre, e_post):
-    """F^r for one trial, entry by entry, exactly as printed in PAPER.md."""
+    """F^r for one trial, entry by entry, exactly as printed in docs/architecture.md."""
     n_post, n_pre = W.shape
     W = W.tolist()
     yq, yp, eq, ep = y_pre.tolist(), y_post.tolist(), e_pre.tolist(), e_post.tolist()

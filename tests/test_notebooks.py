@@ -6,7 +6,9 @@ Run just these: ``MPLBACKEND=Agg .venv/bin/python -m pytest tests/test_notebooks
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -91,29 +93,72 @@ def test_sync_pair(stem: str):
     assert any("parameters" in c.metadata.get("tags", ()) for c in raw.cells), f"{stem}: no 'parameters' cell"
 
 
+FIGURES = ROOT / "figures"  # the committed figures: only full (non-smoke) runs may write here
+# Notebooks that, in smoke mode, send their figures to a temporary folder when FIG_DIR is the
+# committed figures folder (the default). The others get FIG_DIR set by the test.
+SMOKE_REDIRECTS = {"01_feedback_alignment", "02_discovering_rules", "03_interpreting_rules", "04_playground"}
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, str]]:
+    """{file name: (mtime_ns, sha256)} of every file in ``folder`` (empty if it does not exist)."""
+    if not folder.is_dir():
+        return {}
+    return {p.name: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _output_text(executed: Path) -> str:
+    nb = nbformat.read(executed, as_version=4)
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+
+
 @pytest.mark.notebooks
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_in_smoke_mode(notebook: Path, venv_kernel: str, tmp_path: Path):
-    """Execute with papermill (SMOKE=True, no results folder) and check the figures written."""
-    fig_dir = tmp_path / "figures"
+    """Execute with papermill (SMOKE=True, no results folder) and check the figures written.
+
+    Smoke mode never writes into the committed figures/ folder: the notebooks of
+    SMOKE_REDIRECTS run with their default FIG_DIR (the committed folder) and must send their
+    figures elsewhere; every notebook must leave figures/ byte-for-byte unchanged.
+    """
+    parameters = {"SMOKE": True, "RESULTS_DIR": str(tmp_path / "none")}
+    if notebook.stem not in SMOKE_REDIRECTS:
+        parameters["FIG_DIR"] = str(tmp_path / "figures")
+    before = _snapshot(FIGURES)
     start = time.perf_counter()
     papermill.execute_notebook(
         str(notebook),
         str(tmp_path / notebook.name),
-        parameters={"SMOKE": True, "FIG_DIR": str(fig_dir), "RESULTS_DIR": str(tmp_path / "none")},
+        parameters=parameters,
         kernel_name=venv_kernel,
         cwd=str(NB_DIR),
         progress_bar=False,
     )
     seconds = time.perf_counter() - start
-    prefix = notebook.stem[:3]  # "01_"
-    pngs = sorted(fig_dir.glob(f"{prefix}*.png"))
-    assert pngs, f"{notebook.name} wrote no {prefix}*.png into FIG_DIR"
-    empty = [p.name for p in pngs if p.stat().st_size == 0]
-    assert not empty, f"{notebook.name} wrote empty figures: {empty}"
-    stray = [p.name for p in fig_dir.iterdir() if not p.name.startswith(prefix)]
-    assert not stray, f"{notebook.name} wrote files without its prefix {prefix!r}: {stray}"
-    print(f"{notebook.name}: {seconds:.1f} s, figures {[p.name for p in pngs]}")
+    assert _snapshot(FIGURES) == before, f"{notebook.name} in smoke mode changed the committed {FIGURES}"
+    saved = [Path(line.split("saved ", 1)[1].strip())
+             for line in _output_text(tmp_path / notebook.name).splitlines() if line.startswith("saved ")]
+    fig_dirs = {p.parent.resolve() for p in saved}
+    try:
+        prefix = notebook.stem[:3]  # "01_"
+        assert saved, f"{notebook.name} saved no figure"
+        assert len(fig_dirs) == 1, f"{notebook.name} saved figures into several folders: {fig_dirs}"
+        fig_dir = next(iter(fig_dirs))
+        assert fig_dir != FIGURES.resolve()
+        if notebook.stem not in SMOKE_REDIRECTS:
+            assert fig_dir == (tmp_path / "figures").resolve()
+        pngs = sorted(fig_dir.glob(f"{prefix}*.png"))
+        assert pngs, f"{notebook.name} wrote no {prefix}*.png into FIG_DIR"
+        assert {p.name for p in saved} == {p.name for p in pngs}
+        empty = [p.name for p in pngs if p.stat().st_size == 0]
+        assert not empty, f"{notebook.name} wrote empty figures: {empty}"
+        stray = [p.name for p in fig_dir.iterdir() if not p.name.startswith(prefix)]
+        assert not stray, f"{notebook.name} wrote files without its prefix {prefix!r}: {stray}"
+    finally:
+        for d in fig_dirs:  # the temporary folder a notebook chose for itself
+            if d.name.startswith("labkit_smoke_figures_"):
+                shutil.rmtree(d, ignore_errors=True)
+    print(f"{notebook.name}: {seconds:.1f} s, figures {[p.name for p in saved]}")
 
 
 @pytest.fixture(scope="session")
@@ -154,8 +199,7 @@ def test_notebook_reads_results_folders(stem: str, venv_kernel: str, tiny_result
                     **READING_RESULTS[stem][0]},
         kernel_name=venv_kernel, cwd=str(NB_DIR), progress_bar=False,
     )
-    text = "".join(o.get("text", "") for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code"
-                   for o in c.get("outputs", []))
+    text = _output_text(out)
     for expected in READING_RESULTS[stem][1]:
         expected = expected.format(results=tiny_results)
         assert expected in text, f"{stem}: output lacks {expected!r}"

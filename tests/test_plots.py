@@ -8,23 +8,29 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from labkit import plots  # noqa: E402
 from labkit.plots import (  # noqa: E402
+    add_chance_line,
+    chance_level,
     curve_with_band,
     figures_from_results,
     plot_alignment,
     plot_meta_curves,
     plot_online_curves,
     plot_orthonormality,
+    plot_theta_panels,
     plot_theta_trajectories,
 )
-from labkit.results import HistoryWriter, read_history  # noqa: E402
+from labkit.results import HistoryWriter, read_history, write_config  # noqa: E402
+from labkit.terms import TERMS  # noqa: E402
 
 L = 3
 
 
 def _synthetic_run(folder, n_trials=3, n_episodes=30, terms=(0, 2, 9), seed=0,
-                   diverge=None):
-    """A history.csv like meta-training writes; ``diverge=(trial, episode)`` stops one."""
+                   diverge=None, scales=None):
+    """A history.csv like meta-training writes; ``diverge=(trial, episode)`` stops one;
+    ``scales`` {r: size} sets the magnitude of theta_r (default 1e-3 for r = 0, else 1e-4)."""
     rng = np.random.default_rng(seed)
     w = HistoryWriter(folder, n_layers=L)
     for e in range(1, n_episodes + 1):
@@ -37,8 +43,8 @@ def _synthetic_run(folder, n_trials=3, n_episodes=30, terms=(0, 2, 9), seed=0,
                    "meta_accuracy": 0.2 + 0.01 * e + 0.02 * rng.normal(),
                    "guarded": "clip" if e == 3 else "",
                    "diverged": int(bool(diverge) and (t, e) == tuple(diverge))}
-            row.update({f"theta_{r}": 1e-3 * (1 if r == 0 else 0.1) * (1 + 0.01 * e)
-                        + 1e-5 * rng.normal() for r in terms})
+            size = {r: (scales or {}).get(r, 1e-3 if r == 0 else 1e-4) for r in terms}
+            row.update({f"theta_{r}": size[r] * (1 + 0.01 * e + 0.01 * rng.normal()) for r in terms})
             row.update({f"alpha_{l}": 80.0 - e + rng.normal() for l in range(1, L)})
             row.update({f"weight_angle_{l}": 89.0 + rng.normal() for l in range(1, L + 1)})
             row.update({f"ortho_{l}": 10.0 / e + 0.1 * rng.random() for l in range(1, L + 1)})
@@ -118,3 +124,139 @@ def test_online_curves_plot_mean_and_band_per_label():
     fig, ax = plt.subplots()
     out = plot_online_curves({"FA": (steps, vals), "BP": (steps, vals + 0.2)}, ax=ax)
     assert out is ax and len(ax.get_lines()) == 2 and len(ax.collections) == 2
+
+
+# ------------------------------------------------------------------ chance, legends, theta panels
+
+
+def _chance_lines(ax, level):
+    return [ln for ln in ax.get_lines()
+            if np.allclose(ln.get_ydata(), level) and ln.get_linestyle() == "--"]
+
+
+def _assert_legends_outside(fig):
+    """Every legend (of an axes or of the figure) lies outside every visible axes' data area."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()  # constrained layout and legend positions are final after a draw
+    renderer = canvas.get_renderer()
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None] + list(fig.legends)
+    assert legends, "no legend drawn"
+    for leg in legends:
+        box = leg.get_window_extent(renderer)
+        for ax in fig.axes:
+            if ax.get_visible():
+                assert not box.overlaps(ax.get_window_extent(renderer)), \
+                    f"legend {[t.get_text() for t in leg.get_texts()]} overlaps the axes {ax.get_title()!r}"
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """The figures figures_from_results saves, by file name."""
+    from matplotlib.figure import Figure
+
+    out = {}
+    save = Figure.savefig
+
+    def spy(self, path, *a, **kw):
+        out[getattr(path, "name", str(path))] = self
+        return save(self, path, *a, **kw)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    return out
+
+
+def test_chance_level_and_line():
+    assert chance_level() == 0.2 and chance_level(5) == 0.2 and chance_level(10) == 0.1
+    with pytest.raises(ValueError):
+        chance_level(0)
+    _, ax = plt.subplots()
+    line = add_chance_line(ax)
+    assert line.get_label() == "chance (20%)" and line.get_linestyle() == "--"
+    assert np.allclose(line.get_ydata(), 0.2) and line.get_linewidth() < 1.5
+    assert add_chance_line(ax, chance_level(10)).get_label() == "chance (10%)"
+
+
+def test_meta_accuracy_has_a_chance_line_at_one_fifth_and_the_loss_none(tmp_path):
+    df = read_history(_synthetic_run(tmp_path / "r"))
+    ax = plot_meta_curves({"bio": df}, "meta_accuracy", window=1)
+    assert len(_chance_lines(ax, 0.2)) == 1
+    assert "chance (20%)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    ax = plot_meta_curves({"bio": df}, "meta_accuracy", window=1, chance=chance_level(4))
+    assert _chance_lines(ax, 0.25) and not _chance_lines(ax, 0.2)
+    ax = plot_meta_curves({"bio": df}, "meta_loss", window=1)
+    assert not _chance_lines(ax, 0.2)
+
+
+def test_online_accuracy_gets_the_chance_line_it_is_given():
+    steps, vals = np.arange(0, 100, 10), np.random.default_rng(0).random((3, 10))
+    ax = plot_online_curves({"FA": (steps, vals)}, chance=chance_level(10))
+    assert len(_chance_lines(ax, 0.1)) == 1
+    ax = plot_online_curves({"alpha": (steps, 90 * vals)}, ylabel="angle")
+    assert not [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+
+
+def test_legends_sit_outside_the_data_area(tmp_path):
+    df = read_history(_synthetic_run(tmp_path / "r", terms=tuple(range(len(TERMS)))))
+    for draw in (lambda ax: plot_meta_curves({"a": df, "b": df}, ax=ax, window=1),
+                 lambda ax: plot_theta_trajectories(df, ax=ax),
+                 lambda ax: plot_alignment({"a": df, "b": df}, ax=ax),
+                 lambda ax: plot_online_curves({"FA": (np.arange(5), np.ones((2, 5)))}, ax=ax, chance=0.1)):
+        fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+        draw(ax)
+        _assert_legends_outside(fig)
+
+
+def test_figures_from_results_chance_from_config_and_legends_outside(tmp_path, captured):
+    a = _synthetic_run(tmp_path / "five", seed=0, terms=(0,))
+    b = _synthetic_run(tmp_path / "four", seed=1)
+    write_config(b, {"M": 4, "K": 5, "Q": 2})  # "five" has no config.json: M = 5 is assumed
+    figures_from_results([a, b], tmp_path / "figs")
+    ax = captured["meta_accuracy.png"].axes[0]
+    assert len(_chance_lines(ax, 0.2)) == 1 and len(_chance_lines(ax, 0.25)) == 1
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "chance (20%)" in labels and "chance (25%)" in labels
+    assert not _chance_lines(captured["meta_loss.png"].axes[0], 0.2)
+    for name in ("meta_accuracy.png", "meta_loss.png", "alignment.png", "orthonormality.png"):
+        _assert_legends_outside(captured[name])
+
+
+def test_theta_figure_has_one_panel_per_active_term_each_on_its_own_scale(tmp_path, captured):
+    a = _synthetic_run(tmp_path / "FA", terms=(0,))
+    b = _synthetic_run(tmp_path / "pool", terms=(0, 2, 5, 9), scales={0: 1e-2, 2: -3e-2, 5: 1e-6, 9: 5e-3})
+    figures_from_results([a, b], tmp_path / "figs")
+    fig = captured["theta.png"]
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(panels) == 1 + 4
+    labels = sorted(ax.get_ylabel() for ax in panels)
+    assert labels == sorted([plots.theta_label(0)] * 2 + [plots.theta_label(r) for r in (2, 5, 9)])
+    tiny = next(ax for ax in panels if ax.get_ylabel() == plots.theta_label(5))
+    assert abs(tiny.get_ylim()[1]) < 1e-4  # theta_5 is not squashed by theta_0 and theta_2
+    assert {ax.get_title().split(":")[0] for ax in panels if ax.get_title()} == {"FA", "pool"}
+
+    axes = plot_theta_panels(read_history(b))
+    assert len(axes) == 4 and len({ax.get_ylim() for ax in axes}) == 4
+    assert [ax.get_ylabel() for ax in axes] == [plots.theta_label(r) for r in (0, 2, 5, 9)]
+
+
+def test_single_axes_theta_plot_uses_symlog_when_terms_span_decades(tmp_path):
+    wide = read_history(_synthetic_run(tmp_path / "w", terms=(0, 5), scales={0: 1e-2, 5: 1e-6}))
+    assert plot_theta_trajectories(wide).get_yscale() == "symlog"
+    narrow = read_history(_synthetic_run(tmp_path / "n", terms=(0, 2), scales={0: 1e-2, 2: -3e-2}))
+    assert plot_theta_trajectories(narrow).get_yscale() == "linear"
+    assert plot_theta_trajectories(wide, yscale="linear").get_yscale() == "linear"
+
+
+def test_plots_label_every_theta_column_from_the_term_table(tmp_path):
+    """Labels come from labkit.terms.TERMS: every term of the table (however many) is named."""
+    assert plots.TERM_NAMES == {t.index: t.short for t in TERMS}
+    df = read_history(_synthetic_run(tmp_path / "all", terms=tuple(t.index for t in TERMS)))
+    assert plots.active_terms(df) == [t.index for t in TERMS]
+    labels = [t.get_text() for t in plot_theta_trajectories(df).get_legend().get_texts()]
+    assert labels == [rf"$\theta_{{{t.index}}}$ {t.short}" for t in TERMS]
+    assert [ax.get_ylabel() for ax in plot_theta_panels(df)] == labels
+    # a theta column beyond the table (an older or newer results file) is still plotted
+    df[f"theta_{len(TERMS)}"] = 1e-3
+    assert plots.active_terms(df)[-1] == len(TERMS)
+    assert plots.theta_label(len(TERMS)) == rf"$\theta_{{{len(TERMS)}}}$"

@@ -80,8 +80,21 @@ def test_online_learning_is_shared_with_the_playground_and_seeded():
     b = tutorial.online_learning("fa", np.eye(10)[0] * 0.01, 20, trials=1, every=10, n_eval=50)
     assert a["n_samples"] == 20 and a["accuracy"].shape == (1, 3)
     np.testing.assert_array_equal(a["accuracy"], b["accuracy"])
-    with pytest.raises(ValueError, match="feedback must be one of"):
+    assert a["n_classes"] == 10  # the digits stream: chance accuracy 10%
+    with pytest.raises(ValueError, match="unknown feedback pathway 'nope'; choose one of"):
         tutorial.online_learning("nope", {0: 0.01}, 20, trials=1)
+
+
+def test_online_learning_accepts_every_registered_pathway_and_only_those():
+    """online_learning validates with the registry of labkit.pathways, not a list of its own."""
+    from labkit import pathways
+
+    for name in pathways.names():
+        c = tutorial.online_learning(name, {0: 0.01}, 10, trials=1, every=10, n_eval=30)
+        assert c["accuracy"].shape == (1, 2) and np.isfinite(c["accuracy"]).all(), name
+    with pytest.raises(ValueError) as err:
+        tutorial.online_learning("sign-symmetry", {0: 0.01}, 10, trials=1)
+    assert all(name in str(err.value) for name in pathways.names())
 
 
 def test_nothing_below_imports_tutorial():
