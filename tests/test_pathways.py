@@ -299,3 +299,20 @@ def test_uniform_sign_symmetry_scale_is_the_layers_xavier_standard_deviation():
         assert B.shape == (1, n_in, n_out)
         s = xavier_bound(n_out, n_in) / math.sqrt(3.0)  # std of U(-a, a)
         torch.testing.assert_close(B.abs(), torch.full_like(B, s))
+
+
+# ---------------------------------------------------------------- end to end: evaluation
+
+
+@pytest.mark.parametrize("feedback", NEW)
+def test_a_rule_evaluates_on_fresh_tasks_under_each_new_pathway(feedback):
+    from labkit.evaluation import evaluate_rule
+
+    theta = torch.zeros(N_TERMS, dtype=DT)
+    theta[0], theta[2], theta[9] = 5e-3, -3e-2, 3e-3
+    accs = evaluate_rule("bio", theta.numpy(), feedback=feedback, hidden=(16, 12), K=4, Q=3, tasks=3)
+    assert accs.shape == (3,)
+    assert bool(((accs >= 0) & (accs <= 1)).all())
+    # the same tasks again give the same numbers (seeded), and another pathway other numbers
+    again = evaluate_rule("bio", theta.numpy(), feedback=feedback, hidden=(16, 12), K=4, Q=3, tasks=3)
+    assert (accs == again).all()
