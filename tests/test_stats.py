@@ -96,3 +96,14 @@ def test_smooth_leaves_out_nan_and_keeps_nan_where_data_is_missing():
 def test_smooth_window_one_is_identity():
     x = np.random.default_rng(7).normal(size=(2, 9))
     np.testing.assert_array_equal(smooth(x, 1), x)
+
+
+def test_bootstrap_ci_default_level_is_the_98_percent_that_the_reports_claim():
+    # Every summary prints "98% CI" from bootstrap_ci called without a level.
+    x = np.random.default_rng(6).normal(size=(12, 30))
+    default = bootstrap_ci(x, seed=3)
+    for u, v in zip(default, bootstrap_ci(x, level=0.98, seed=3)):
+        np.testing.assert_array_equal(u, v)
+    _, low95, high95 = bootstrap_ci(x, level=0.95, seed=3)
+    assert np.all(default[1] <= low95) and np.all(high95 <= default[2])
+    assert np.any(default[1] < low95) and np.any(high95 < default[2])
