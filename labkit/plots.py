@@ -425,8 +425,11 @@ def _describe(runs: Mapping[str, pd.DataFrame]) -> str:
     if len(set(sizes.values())) == 1:
         t, e = next(iter(sizes.values()))
         return f"{t} trials, {e} episodes" + (" per run" if len(runs) > 1 else "")
-    parts = [f"{n}: {t}x{e}" for n, (t, e) in sizes.items()]
-    return "trials x episodes: " + ", ".join(parts)
+    groups: dict[tuple[int, int], list[str]] = {}
+    for n, size in sizes.items():
+        groups.setdefault(size, []).append(n)
+    parts = [f"{t} x {e} ({', '.join(names)})" for (t, e), names in groups.items()]
+    return "trials x episodes " + "; ".join(parts)
 
 
 def _default_labels(folders: Sequence[Path]) -> list[str]:
