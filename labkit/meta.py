@@ -52,11 +52,11 @@ __all__ = [
 CHECKPOINT_FILE = "checkpoint.pt"
 HIDDEN_PAPER: tuple[int, ...] = (170, 130, 100, 70)
 # Default L1 strength per rule: lambda = 0 for the fixed-term rules (the paper's baselines),
-# and for the pool the value found in README ("Finding lambda").
+# and for the pool the value found in docs/lambda.md.
 DEFAULT_LAMBDA: dict[str, float] = {"pool": 1e-3}
 # Meta learning rate (Adam) per named rule, else 1e-3 (the paper's). The ten-term pool is
 # stable only with a smaller one on digits: at 1e-3 its trials rise to ~60% by episode 40 and
-# then most collapse to chance or diverge; at 3e-4 all 8 pilot trials kept rising (README).
+# then most collapse to chance or diverge; at 3e-4 all 8 pilot trials kept rising (docs/stability.md).
 DEFAULT_META_LR: dict[str, float] = {"pool": 3e-4}
 # What a setting newer than a checkpoint meant before it existed (resume compares with this)
 LEGACY_SETTINGS: dict[str, Any] = {"rollback_explosive": 0}

@@ -344,7 +344,7 @@ plt.show()
 # between. FA's alignment angles stay poor: no learning rate makes the random feedback useful
 # within 250 samples. The committed digits runs agree for FA (about 22%) and BP (about 78%), but
 # not for DFA, which ends *below* FA (about 19%, 150 episodes): Supp. Fig. S1 does not reproduce
-# here (README, "What reproduces here"; the printout above gives the exact numbers).
+# here (docs/reproduction.md; the printout above gives the exact numbers).
 #
 # **Think!** Why is $\theta_0$ alone not enough? A learning rate scales the update
 # $-\theta_0 e_\ell y_{\ell-1}^\top$ but cannot change its *direction*: with $e_\ell$ far from

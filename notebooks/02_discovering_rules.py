@@ -176,7 +176,7 @@ print(f"max |fused - reference| = {(fused - reference).abs().max().item():.2e}")
 # episode, starting from $\theta_0 = 10^{-3}$, $\theta_{r>0} = 0$. Its learning rate is the
 # paper's $10^{-3}$ for the one-term rules (FA, BP); the ten-term pool uses $3 \times 10^{-4}$
 # (`labkit.meta.DEFAULT_META_LR`; at $10^{-3}$ most pool trials collapse to chance here, see the
-# README's "Stability"). Two more safeguards apply to rules with several terms: a **warm-up**,
+# docs/stability.md). Two more safeguards apply to rules with several terms: a **warm-up**,
 # the learning rate rising linearly over the first 20 episodes (`--warmup`), and **term
 # scaling**, $\theta_r$'s step multiplied by $c_r = \min(1, \lVert F^0 \rVert / \lVert F^r \rVert)$,
 # measured once on a probe episode, so that no term moves $W$ faster per meta-step than the
@@ -333,8 +333,8 @@ pool_theta
 # \theta_9 F^9$. With Adam, a coefficient "at zero" jitters around zero with an amplitude set by
 # the meta learning rate, so read "near zero" as small compared with the survivors (column
 # `|mean| / max|mean|`), not as exactly 0. (With proximal L1, `--l1 proximal`, as in the
-# committed 20 x 600 run, a coefficient can be exactly 0 in a trial: see the README's
-# "Finding lambda".) Signs follow the table of section 1: a *negative*
+# committed 20 x 600 run, a coefficient can be exactly 0 in a trial: see docs/lambda.md.)
+# Signs follow the table of section 1: a *negative*
 # $\theta_2$ means $\Delta W_l \propto +e_l e_{l-1}^\top$.
 #
 # The alignment angles $\alpha_l$ (between the teaching signal sent through $B$ and the one
@@ -485,8 +485,8 @@ for run in (pool, fa, bp, bio):
 #   reaches backprop's level, and so does $F^{pool}$ with proximal L1 ($\lambda = 0.1$; 19
 #   of its 20 trials). L1 removes the pool's higher-order terms and keeps pseudo-gradient,
 #   eHebb and Oja in every trial, but it also keeps the decay (as growth), $\theta_1$ and
-#   $\theta_4$: compare the tables above, and see the README's "What reproduces here" and
-#   "Finding lambda".
+#   $\theta_4$: compare the tables above, and see docs/reproduction.md and
+#   docs/lambda.md.
 #
 # Next, notebook 03 dissects $F^{bio}$: eHebb aligns the weights with the feedback, Oja makes
 # the forward weights more orthonormal.

@@ -65,7 +65,7 @@ $LK figures results/fa_lr results/bp_lr results/dfa_lr results/usf_lr results/fr
 $LK figures results/bio results/usf_bio results/frsf_bio results/drtp_bio \
     --labels "bio, FA" "bio, uSF" "bio, frSF" "bio, DRTP" --out figures --prefix pathways_bio_
 # Fig 4 from the paper-scale runs (20 trials x 600 episodes) where present; they take ~30 min each
-# here with 2 workers: PAPER_SCALE=1 bash scripts/reproduce.sh makes them (README, "What reproduces").
+# here with 2 workers: PAPER_SCALE=1 bash scripts/reproduce.sh makes them (docs/reproduction.md).
 if [ -n "${PAPER_SCALE:-}" ]; then
     for rule in pool bio; do
         out=results/${rule}_20x600; resume=""; extra=""
