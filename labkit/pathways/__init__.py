@@ -110,6 +110,17 @@ class Pathway:
         return f"<pathway {self.name}: {self.label}>"
 
 
+def transposed_weight_shapes(sizes: Sequence[int]) -> list[tuple[int, int]]:
+    """One matrix per weight layer with the shape of W_l^T, (n_{l-1}, n_l), l = 1..L."""
+    return [(sizes[l - 1], sizes[l]) for l in range(1, len(sizes))]
+
+
+def output_projection_shapes(sizes: Sequence[int]) -> list[tuple[int, int]]:
+    """One matrix per layer j = 0..L-1 from the output, (n_j, n_L)."""
+    L = len(sizes) - 1
+    return [(sizes[j], sizes[L]) for j in range(L)]
+
+
 _REGISTRY: dict[str, Pathway] = {}
 
 

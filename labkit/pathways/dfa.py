@@ -6,7 +6,7 @@ D_j does not have the shape of W_{j+1}^T, so there is no "W vs B^T" angle.
 """
 from __future__ import annotations
 
-from . import Pathway, accumulate, register
+from . import Pathway, output_projection_shapes, accumulate, register
 
 
 @register
@@ -18,8 +18,7 @@ class DirectFeedbackAlignment(Pathway):
     order = 2
 
     def matrix_shapes(self, sizes):
-        L = len(sizes) - 1
-        return [(sizes[l], sizes[L]) for l in range(L)]
+        return output_projection_shapes(sizes)
 
     def signal(self, j, Ws, Bs, es, target, mv, mtv):
         return mv(Bs[j], es[-1])

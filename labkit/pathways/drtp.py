@@ -9,7 +9,7 @@ adjoint is zero: the meta-gradient reaches theta through the forward activities 
 """
 from __future__ import annotations
 
-from . import Pathway, register
+from . import Pathway, output_projection_shapes, register
 
 
 @register
@@ -21,8 +21,7 @@ class DirectRandomTargetProjection(Pathway):
     order = 12
 
     def matrix_shapes(self, sizes):
-        L = len(sizes) - 1
-        return [(sizes[l], sizes[L]) for l in range(L)]
+        return output_projection_shapes(sizes)
 
     def signal(self, j, Ws, Bs, es, target, mv, mtv):
         return mv(Bs[j], target)

@@ -5,7 +5,7 @@
 """
 from __future__ import annotations
 
-from . import Pathway, accumulate, register
+from . import Pathway, transposed_weight_shapes, accumulate, register
 
 
 @register
@@ -17,7 +17,7 @@ class FeedbackAlignment(Pathway):
     order = 1
 
     def matrix_shapes(self, sizes):
-        return [(sizes[l - 1], sizes[l]) for l in range(1, len(sizes))]
+        return transposed_weight_shapes(sizes)
 
     def signal(self, j, Ws, Bs, es, target, mv, mtv):
         return mv(Bs[j], es[j + 1])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from . import Pathway, accumulate, register
+from . import Pathway, transposed_weight_shapes, accumulate, register
 
 
 def _effective(W: torch.Tensor, M_abs: torch.Tensor) -> torch.Tensor:
@@ -30,7 +30,7 @@ class RandomMagnitudeSignSymmetry(Pathway):
     order = 11
 
     def matrix_shapes(self, sizes):
-        return [(sizes[l - 1], sizes[l]) for l in range(1, len(sizes))]
+        return transposed_weight_shapes(sizes)
 
     def init(self, sizes, generators, dtype=torch.float32):
         return [M.abs() for M in super().init(sizes, generators, dtype)]
