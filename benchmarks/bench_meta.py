@@ -15,11 +15,12 @@ Inputs are random (uniform [0, 1) * 0.75) with random labels: timing does not de
 the pixel values, and no data set is read. Every configuration runs in a fresh
 subprocess of this script (``--single``), so that its peak RSS is its own.
 
-Rows with ``workers`` > 1 time what ``labkit discover --workers W`` does: the T trials are cut
-into equal chunks, a multiple of W of them, of at most 4 trials (``--chunk``'s default), whose
-meta-gradients W spawned processes with one thread each compute in parallel
-(``labkit.meta.chunked_meta_gradient``); the unit also includes shipping each chunk's episode to
-its worker and the results back. Their peak MB is the largest worker's whole peak RSS ("abs":
+Rows with ``workers`` > 1 time what ``labkit discover --workers W --split episode`` does: the T
+trials are cut into equal chunks, a multiple of W of them, of at most 4 trials (``--chunk``'s
+default), whose meta-gradients W single-threaded workers of a local Dask cluster compute in
+parallel (``labkit.meta.chunked_meta_gradient``); the unit also includes shipping each chunk's
+episode to its worker and the results back. (The default "trials" split of whole runs is timed
+by ``benchmarks/bench_scaleout.py``.) Their peak MB is the largest worker's whole peak RSS ("abs":
 torch and the compiler included), not an increase over a baseline.
 
 Run from the repository root:
@@ -107,9 +108,11 @@ def run_single(cfg: dict) -> dict:
     workers = int(cfg.get("workers", 1))
     pool = None
     if workers > 1:
-        from labkit.meta import MetaConfig, chunked_meta_gradient, worker_pool
+        from labkit.meta import MetaConfig, chunked_meta_gradient
+        from labkit.workers import connect
 
-        pool = worker_pool(workers, threads)
+        cluster = connect(workers)
+        pool = cluster.__enter__()  # a Dask client of a local cluster, as discover --split episode
         chunking = MetaConfig(grad_mode=mode, compile=compile_, workers=workers)  # default chunk, as discover
 
     data_gen = torch.Generator().manual_seed(int(cfg["seed"]))
@@ -186,8 +189,8 @@ def run_single(cfg: dict) -> dict:
     maxrss = _maxrss_bytes()
     worker_rss = None
     if pool is not None:
-        pool.shutdown()
-        worker_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the largest child's, kB on Linux
+        worker_rss = max(pool.run(_maxrss_bytes).values())  # the largest worker's own peak
+        cluster.__exit__(None, None, None)
 
     tot = [t[0] for t in times]
     med = statistics.median(tot)

@@ -182,8 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: all cores); with --workers, threads per worker (default: cores / workers)")
     d.add_argument("--workers", type=int, default=_default("workers"),
-                   help="processes that compute the trials' meta-gradients in parallel, chunk by chunk "
-                        "(2 on a 2-core CPU runs many trials ~1.5-2x faster than threads; default 1)")
+                   help="run on a local Dask cluster of this many single-threaded worker processes, each "
+                        "meta-training a part of the trials (docs/scale-out.md); 1: this process only")
+    d.add_argument("--scheduler", default=None,
+                   help="address of a running Dask scheduler (tcp://HOST:PORT) to run on instead of this "
+                        "machine; default $LABKIT_SCHEDULER")
+    d.add_argument("--split", default="trials", choices=("trials", "episode"),
+                   help="how --workers share the run: 'trials' (each worker meta-trains a part of the trials "
+                        "from start to end; fastest) or 'episode' (every episode's trial chunks farmed out)")
     d.add_argument("--chunk", type=int, default=_default("chunk"),
                    help="trials per batched inner loop; more trials run chunk by chunk (4 is fastest on a laptop CPU)")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -200,6 +206,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tasks", type=int, default=50, help="new tasks per rule")
     e.add_argument("--seed", type=int, default=1000, help="seed of the evaluation tasks")
     e.add_argument("--json", default=None, help="also write the results to this JSON file")
+
+    w = sub.add_parser("sweep", help="a grid of discover runs on Dask workers, with a table and a figure",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    w.add_argument("file", nargs="?", default=None,
+                   help="a TOML sweep file (out = \"DIR\", [base] settings, [grid] lists); flags extend it")
+    w.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2,...",
+                   help="a setting to vary (any discover setting: rule, feedback, lam, K, seed, hidden as 16x8, "
+                        "a term list as 0+2+9, ...); repeat for a grid")
+    w.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="fixed",
+                   help="a setting fixed for every cell (e.g. trials=4, episodes=100)")
+    w.add_argument("--out", default=None, help="the sweep's folder (cells/, sweep.csv, sweep.png)")
+    w.add_argument("--workers", type=int, default=1, help="local Dask workers (cells run in parallel, one per worker)")
+    w.add_argument("--scheduler", default=None, help="a running Dask scheduler's address (default $LABKIT_SCHEDULER)")
+    w.add_argument("--quiet", action="store_true", help="no progress bar")
 
     f = sub.add_parser("figures", help="paper-style figures from results folders")
     f.add_argument("folders", nargs="+", help="results folders (each with history.csv)")
@@ -218,26 +238,39 @@ def _fail(msg: str) -> int:
 def cmd_discover(a: argparse.Namespace) -> int:
     from .data import CorruptDatasetError, DatasetNotFoundError
     from .meta import CheckpointError, DivergenceError, MetaTrainer
+    from .results import FolderBusyError
+    from .runs import discover
+    from .workers import ClusterError, scheduler_address
 
     cfg = config_from_args(a)
     rule = cfg.rule
+    errors = (ValueError, FileExistsError, PermissionError, DatasetNotFoundError, CorruptDatasetError,
+              CheckpointError, FolderBusyError, ClusterError)
     try:
         res = cfg.resolved()
         out = a.out or f"runs/{str(rule).replace(',', '-')}_{res.feedback}_{a.dataset}_s{a.seed}"
-        trainer = MetaTrainer(cfg, out=out, resume=a.resume)
-    except (ValueError, FileExistsError, DatasetNotFoundError, CorruptDatasetError, CheckpointError) as exc:
+        probe = MetaTrainer(cfg, out=None)  # validates everything (and the data) before any work
+    except errors as exc:
         return _fail(str(exc))
-    print(f"labkit discover: rule {trainer.rule.name} (terms {list(trainer.terms)}), feedback {res.feedback}, "
-          f"{a.dataset} {a.M}-way K={a.K} Q={a.Q}, net {'-'.join(map(str, trainer.sizes))}, "
-          f"{res.trials} trials x {res.episodes} episodes, lambda={res.lam:g}, seed {a.seed} -> {out}"
-          + (f" (resuming after episode {trainer.episode})" if trainer.episode else ""))
+    where = ""
+    address = scheduler_address(a.scheduler)
+    if address:
+        where = f", on the Dask cluster at {address} (split: {a.split})"
+    elif res.workers > 1:
+        where = f", on {res.workers} local Dask workers (split: {a.split})"
+    print(f"labkit discover: rule {probe.rule.name} (terms {list(probe.terms)}), feedback {res.feedback}, "
+          f"{a.dataset} {a.M}-way K={a.K} Q={a.Q}, net {'-'.join(map(str, probe.sizes))}, "
+          f"{res.trials} trials x {res.episodes} episodes, lambda={res.lam:g}, seed {a.seed}{where} -> {out}"
+          + (" (resuming)" if a.resume else ""))
     try:
-        summary = trainer.run(progress=not a.quiet)
+        summary = discover(cfg, out, resume=a.resume, scheduler=a.scheduler, split=a.split, progress=not a.quiet)
     except KeyboardInterrupt:
-        print(f"\ninterrupted after episode {trainer.completed_episodes}; checkpoint and theta.json saved in "
+        print(f"\ninterrupted; every completed episode, the checkpoints and theta.json are saved in "
               f"{out}; continue with the same command plus --resume", file=sys.stderr)
         return 130
-    except DivergenceError as exc:
+    except (DivergenceError, *errors) as exc:
+        return _fail(str(exc))
+    except RuntimeError as exc:  # a worker lost: what was computed is kept
         return _fail(str(exc))
     print(summary.text())
     return 0
@@ -295,6 +328,43 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(a: argparse.Namespace) -> int:
+    import math
+
+    from .plots import chance_level, plot_sweep
+    from .results import FolderBusyError
+    from .sweep import TABLE_FILE, SweepError, load_sweep, run_sweep
+    from .workers import ClusterError, scheduler_address
+
+    try:
+        sweep = load_sweep(a.file, a.grid, a.fixed, a.out)
+        cells = sweep.cells()
+    except SweepError as exc:
+        return _fail(str(exc))
+    address = scheduler_address(a.scheduler)
+    where = f"the Dask cluster at {address}" if address else f"{a.workers} local Dask worker(s)"
+    print(f"labkit sweep: {len(cells)} cells ({' x '.join(f'{k}: {len(v)}' for k, v in sweep.grid.items()) or 'one'})"
+          f" on {where} -> {sweep.out}")
+    try:
+        table = run_sweep(sweep, a.workers, address, progress=not a.quiet)
+    except (SweepError, PermissionError, FolderBusyError, ClusterError) as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; finished cells and every cell's checkpoint are kept in {sweep.out}; "
+              "run the same command again to resume", file=sys.stderr)
+        return 130
+    ways = {c.config.M for c in cells}
+    fig = plot_sweep(table, list(sweep.grid), chance_level(ways.pop()) if len(ways) == 1 else None)
+    fig.savefig(sweep.out / "sweep.png", dpi=120, bbox_inches="tight")
+    for _, r in table.iterrows():
+        acc = "" if math.isnan(r["meta_accuracy"]) else (
+            f"{100 * r['meta_accuracy']:5.1f}% (98% CI {100 * r['ci_low']:.1f}-{100 * r['ci_high']:.1f}%)")
+        print(f"  {Path(r['folder']).name:40s} {r['status']:20s} {acc}")
+    print(f"table: {sweep.out / TABLE_FILE}; figure: {sweep.out / 'sweep.png'}")
+    failed = [r for _, r in table.iterrows() if str(r["status"]).startswith("failed")]
+    return 1 if failed else 0
+
+
 def cmd_figures(a: argparse.Namespace) -> int:
     from .plots import figures_from_results
 
@@ -312,7 +382,8 @@ def cmd_figures(a: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return {"discover": cmd_discover, "evaluate": cmd_evaluate, "figures": cmd_figures}[args.command](args)
+    commands = {"discover": cmd_discover, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "figures": cmd_figures}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -131,10 +131,11 @@ class Guards:
         self.guarded_steps = 0
 
     @classmethod
-    def from_config(cls, config: Any, n_terms: int = N_TERMS, dtype: torch.dtype = torch.float32) -> "Guards":
+    def from_config(cls, config: Any, n_terms: int = N_TERMS, dtype: torch.dtype = torch.float32,
+                    trials: int | None = None) -> "Guards":
         """Guards with the settings of the same names of ``config`` (a resolved
         :class:`labkit.meta.MetaConfig`, or any object with those attributes)."""
-        return cls(config.trials, clip=config.clip, explosive=config.explosive, skip_nonfinite=config.skip_nonfinite,
+        return cls(config.trials if trials is None else trials, clip=config.clip, explosive=config.explosive, skip_nonfinite=config.skip_nonfinite,
                    patience=config.patience, rollback=config.rollback, max_rollbacks=config.max_rollbacks,
                    rollback_explosive=config.rollback_explosive, theta0=config.theta0, n_terms=n_terms, dtype=dtype)
 

@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -37,13 +37,14 @@ from .learner import GRAD_MODES, Episodic, MetaGradient, meta_gradient
 from .metrics import alignment_angles, orthonormality, weight_angles
 from .networks import BETA, init_weights
 from .optim import MaskedAdam, l1_proximal, l1_subgradient, term_scales, warmup_factor
-from .results import HistoryWriter, final_accuracy, write_config, write_theta
+from .results import FolderLock, HistoryWriter, check_writable, final_accuracy, write_config, write_theta
 from .rules import Rule, make_rule
 from .terms import DEFAULT_FEEDBACK, N_TERMS
 
 __all__ = [
     "MetaConfig", "MetaTrainer", "RunSummary", "DivergenceError", "CheckpointError", "trial_generators",
-    "chunked_meta_gradient", "worker_pool", "HIDDEN_PAPER", "DEFAULT_LAMBDA", "DEFAULT_META_LR",
+    "slice_state", "merge_states",
+    "chunked_meta_gradient", "HIDDEN_PAPER", "DEFAULT_LAMBDA", "DEFAULT_META_LR",
     "CHECKPOINT_FILE",
     # moved to labkit.optim / labkit.guards, importable from here as before
     "MaskedAdam", "term_scales", "ROLLBACK_SNAPSHOT",
@@ -209,40 +210,29 @@ class RunSummary:
 
 
 # ---------------------------------------------------------------------- trial chunks and workers
-def _worker_init(threads: int) -> None:
-    torch.set_num_threads(threads)
+def _worker_meta_gradient(theta: torch.Tensor, ep: Episodic, grad_mode: str, compile: bool,
+                          threads: int | None) -> MetaGradient:
+    from .workers import set_worker_threads
 
-
-def _worker_meta_gradient(theta: torch.Tensor, ep: Episodic, grad_mode: str, compile: bool) -> MetaGradient:
+    set_worker_threads(threads)
     return meta_gradient(theta, ep, grad_mode, compile=compile)
 
 
-def worker_pool(workers: int, threads: int | None = None):
-    """A pool of ``workers`` processes for :func:`chunked_meta_gradient`, each with ``threads``
-    torch threads (default: the usable cores shared out, at least 1)."""
-    import concurrent.futures
-    import multiprocessing
-
-    if threads is None:
-        threads = max(1, len(os.sched_getaffinity(0)) // workers) if hasattr(os, "sched_getaffinity") else 1
-    # spawn, not fork: a forked child of a process whose OpenMP threads already ran can hang.
-    return concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init, initargs=(threads,)
-    )
-
-
-def chunked_meta_gradient(theta: torch.Tensor, ep: Episodic, c: MetaConfig, pool=None) -> MetaGradient:
+def chunked_meta_gradient(theta: torch.Tensor, ep: Episodic, c: MetaConfig, client=None) -> MetaGradient:
     """The meta-gradient of T trials, computed ``c.chunk`` trials at a time (settings
     ``c.grad_mode``, ``c.compile``, ``c.chunk`` and ``c.workers`` of a :class:`MetaConfig`).
 
     Trials are independent, so chunking changes no number (tested); it changes speed: the
     inner loop streams every trial's weights through the cache at every step, and past a few
     trials they no longer fit (benchmarks/: 4 trials per batch is fastest on a 2-core CPU).
-    With a ``pool`` of ``c.workers`` processes (:func:`worker_pool`), the chunks (a multiple
-    of the workers, equal in size) run in parallel, one process per core: many small
-    operations per plasticity step scale poorly over threads inside one process, but two
-    processes on two cores run at twice the speed of one.
+    With a Dask ``client`` (:func:`labkit.workers.connect`) of ``c.workers`` single-threaded
+    workers, the chunks (a multiple of the workers, equal in size) run in parallel, one
+    process per core: many small operations per plasticity step scale poorly over threads
+    inside one process, but two processes on two cores run at twice the speed of one. (This
+    is the "episode" split; ``labkit discover`` splits the trials of a whole run instead,
+    :mod:`labkit.runs`, which is faster: docs/scale-out.md.)
     """
+    pool = client
     T = theta.shape[0]
     if pool is None:
         if T <= c.chunk:
@@ -266,12 +256,13 @@ def chunked_meta_gradient(theta: torch.Tensor, ep: Episodic, c: MetaConfig, pool
     if pool is None:
         parts = [meta_gradient(th, sub, c.grad_mode, compile=c.compile) for th, sub in subs]
     else:
-        from concurrent.futures.process import BrokenProcessPool
+        from distributed import KilledWorker
 
         try:
-            futures = [pool.submit(_worker_meta_gradient, th, sub, c.grad_mode, c.compile) for th, sub in subs]
+            futures = [pool.submit(_worker_meta_gradient, th, sub, c.grad_mode, c.compile, c.threads, pure=False)
+                       for th, sub in subs]
             parts = [f.result() for f in futures]
-        except BrokenProcessPool as err:
+        except KilledWorker as err:
             raise RuntimeError(
                 "a worker process stopped unexpectedly (out of memory, or killed); the results up to "
                 "the last completed episode are kept: continue with --resume, with fewer --workers "
@@ -281,6 +272,54 @@ def chunked_meta_gradient(theta: torch.Tensor, ep: Episodic, c: MetaConfig, pool
         torch.cat([p.loss for p in parts]), torch.cat([p.accuracy for p in parts]),
         torch.cat([p.grad for p in parts]), [torch.cat(ws) for ws in zip(*(p.Ws for p in parts))],
     )
+
+
+# ---------------------------------------------------------------------- checkpoint states over trials
+def slice_state(state: dict, rows: Sequence[int]) -> dict:
+    """The checkpoint state of a run restricted to the trials at positions ``rows``.
+
+    Every per-trial tensor (theta, Adam's moments and step counts, the guards' state) is cut
+    along its first axis; the guards' count of guarded steps, a total, stays with the part
+    that holds position 0, so that :func:`merge_states` adds it back up.
+    """
+    idx = torch.as_tensor(list(rows), dtype=torch.long)
+    guards = {k: (v[idx].clone() if torch.is_tensor(v) else v) for k, v in state["guards"].items()}
+    guards["guarded_steps"] = state["guards"]["guarded_steps"] if 0 in list(rows) else 0
+    trials = state.get("trials", list(range(len(state["task_gens"]))))
+    return {
+        **state,
+        "theta": state["theta"][idx].clone(),
+        "adam": {k: v[idx].clone() for k, v in state["adam"].items()},
+        "task_gens": [state["task_gens"][i] for i in rows],
+        "weight_gens": [state["weight_gens"][i] for i in rows],
+        "guards": guards,
+        "trials": [trials[i] for i in rows],
+    }
+
+
+def merge_states(states: Sequence[dict]) -> dict:
+    """One checkpoint state from the states of runs over disjoint trials, rows in trial order.
+
+    The episode is the largest of the parts': a part whose trials all stopped ends early, and
+    a stopped trial's state no longer changes, so it stands for any later episode too.
+    """
+    order = sorted(range(len(states)), key=lambda k: min(states[k]["trials"]))
+    sts = [states[k] for k in order]
+    first = sts[0]
+    guards = {}
+    for k, v in first["guards"].items():
+        guards[k] = torch.cat([s["guards"][k] for s in sts]) if torch.is_tensor(v) else sum(
+            s["guards"][k] for s in sts)
+    return {
+        **first,
+        "episode": max(int(s["episode"]) for s in sts),
+        "theta": torch.cat([s["theta"] for s in sts]),
+        "adam": {k: torch.cat([s["adam"][k] for s in sts]) for k in first["adam"]},
+        "task_gens": [g for s in sts for g in s["task_gens"]],
+        "weight_gens": [g for s in sts for g in s["weight_gens"]],
+        "guards": guards,
+        "trials": [i for s in sts for i in s["trials"]],
+    }
 
 
 # ---------------------------------------------------------------------- the trainer
@@ -298,8 +337,16 @@ class MetaTrainer:
     ``task_gens`` and ``weight_gens``.
     """
 
-    def __init__(self, config: MetaConfig, out: str | os.PathLike | None = None, resume: bool = False):
+    def __init__(self, config: MetaConfig, out: str | os.PathLike | None = None, resume: bool = False,
+                 trials: Sequence[int] | None = None, token: str | None = None):
+        """``trials``: the (global) trial indices this trainer runs, default all ``config.trials``
+        (a distributed run gives each worker a part, :mod:`labkit.cluster`); trial i draws from
+        (seed, i) whichever part it is in. ``token``: the run's token for the folder lock
+        (:class:`labkit.results.FolderLock`)."""
         self.config = c = config.resolved()
+        self.trial_ids = list(range(c.trials)) if trials is None else [int(i) for i in trials]
+        if not self.trial_ids or min(self.trial_ids) < 0 or max(self.trial_ids) >= c.trials:
+            raise ValueError(f"trials must be indices in 0..{c.trials - 1}, got {self.trial_ids}")
         self.dtype = torch.float64 if c.dtype == "float64" else torch.float32
         self.dataset = load_dataset(c.dataset, c.data_root, c.download, "train", c.input_scale)
         classes = None
@@ -314,34 +361,46 @@ class MetaTrainer:
         self.terms = self.rule.terms
         self.active = torch.zeros(N_TERMS, dtype=torch.bool)
         self.active[list(self.terms)] = True
-        T = c.trials
+        T = len(self.trial_ids)
         self.term_scale = torch.ones(N_TERMS, dtype=self.dtype)
         if c.term_scaling and len(self.terms) > 1:
             self.term_scale = term_scales(self.sampler, self.sizes, c.feedback, c.theta0, c.seed).to(self.dtype)
         self.theta = torch.zeros(T, N_TERMS, dtype=self.dtype)
         self.theta[:, 0] = c.theta0
         self.adam = MaskedAdam((T, N_TERMS), c.meta_lr, dtype=self.dtype)
-        gens = [trial_generators(c.seed, i) for i in range(T)]
+        gens = [trial_generators(c.seed, i) for i in self.trial_ids]
         self.task_gens = [g[0] for g in gens]
         self.weight_gens = [g[1] for g in gens]
-        self.guards = Guards.from_config(c, N_TERMS, self.dtype)
+        self.guards = Guards.from_config(c, N_TERMS, self.dtype, trials=T)
         self.episode = 0
         self.out = Path(out) if out is not None else None
         self._consistent: dict | None = None
-        self._pool = None  # worker processes while run() runs with workers > 1
+        self._pool = None  # a Dask client while run() splits episodes over workers (split "episode")
         self.writer: HistoryWriter | None = None
+        self.lock: FolderLock | None = None
         if self.out is not None:
-            self.out.mkdir(parents=True, exist_ok=True)
+            check_writable(self.out)
             ckpt = self.out / CHECKPOINT_FILE
-            if resume and ckpt.exists():
-                self._load_checkpoint(ckpt)
-            elif not resume and (self.out / "history.csv").exists():
+            if resume and not ckpt.exists():
+                raise CheckpointError(
+                    f"--resume: {self.out} has no {CHECKPOINT_FILE} to continue from"
+                    + (" (it holds a history.csv without one: choose another --out folder to start afresh)"
+                       if (self.out / "history.csv").exists() else "; run without --resume to start a new run")
+                )
+            if not resume and (self.out / "history.csv").exists():
                 raise FileExistsError(
                     f"{self.out} already holds a run (history.csv); pass --resume to continue it, "
                     "or choose another --out folder"
                 )
-            self.writer = HistoryWriter(self.out, self.L, truncate_after_episode=self.episode)
-            write_config(self.out, self.config_record())
+            self.lock = FolderLock(self.out, token).acquire()
+            try:
+                if resume:
+                    self._load_checkpoint(ckpt)
+                self.writer = HistoryWriter(self.out, self.L, truncate_after_episode=self.episode)
+                write_config(self.out, self.config_record())
+            except BaseException:
+                self.lock.release()
+                raise
 
     # ------------------------------------------------------------------ the guards' state, by name
     @property
@@ -397,6 +456,7 @@ class MetaTrainer:
             "guards": self.guards.state_dict(),
             "term_scale": self.term_scale.clone(),
             "config": dataclasses.asdict(self.config),
+            "trials": list(self.trial_ids),
         }
 
     def save_checkpoint(self, state: dict | None = None) -> Path:
@@ -446,6 +506,11 @@ class MetaTrainer:
             raise CheckpointError(
                 f"checkpoint {path} was written with different settings ({'; '.join(differ)}); "
                 "resume with the original settings (see config.json and the values above) or use another --out folder"
+            )
+        if list(s.get("trials", range(self.config.trials))) != self.trial_ids:
+            raise CheckpointError(
+                f"checkpoint {path} holds trials {list(s.get('trials', range(self.config.trials)))}, "
+                f"not {self.trial_ids}; resume it with the run (or distributed run) that wrote it"
             )
         self.episode = episode
         self.theta = s["theta"]
@@ -504,7 +569,7 @@ class MetaTrainer:
         # One Adam over all trials; stopped trials and refused steps are simply masked out.
         full_grad = torch.zeros_like(self.theta)
         full_grad[idx] = grad
-        full_take = torch.zeros(c.trials, dtype=torch.bool)
+        full_take = torch.zeros(len(self.trial_ids), dtype=torch.bool)
         full_take[idx] = verdict.take
         self.theta = self.adam.step(self.theta, full_grad, full_take, lr_scale)
         if c.l1 == "proximal" and c.lam > 0:
@@ -519,7 +584,7 @@ class MetaTrainer:
         rows = []
         for j, i in enumerate(live):
             row: dict[str, Any] = {
-                "trial": i,
+                "trial": self.trial_ids[i],
                 "episode": self.episode,
                 "meta_loss": float(mg.loss[j]),
                 "meta_accuracy": float(mg.accuracy[j]),
@@ -537,11 +602,15 @@ class MetaTrainer:
         return rows
 
     # ------------------------------------------------------------------ the loop
-    def run(self, progress: bool = True, stop_after: int | None = None) -> RunSummary:
+    def run(self, progress: bool = True, stop_after: int | None = None,
+            should_stop: Callable[[], bool] | None = None, client=None) -> RunSummary:
         """Meta-train until ``config.episodes`` (or ``stop_after`` more episodes, for tests).
 
-        Checkpoints every ``checkpoint_every`` episodes and at the end. Raises
-        :class:`DivergenceError` only if every trial diverged (results so far are kept).
+        Checkpoints every ``checkpoint_every`` episodes and at the end. ``should_stop`` is asked
+        after every episode; when it says True the run checkpoints and returns early (how a
+        distributed run stops its parts). With a Dask ``client``, or ``workers`` > 1 in the
+        config, each episode's trial chunks run on the workers (:func:`chunked_meta_gradient`).
+        Raises :class:`DivergenceError` only if every trial diverged (results so far are kept).
         """
         c = self.config
         if c.threads:
@@ -556,8 +625,14 @@ class MetaTrainer:
             bar = tqdm(total=c.episodes, initial=self.episode, desc=f"{self.rule.name}/{c.feedback}",
                        unit="ep", dynamic_ncols=True)
         self._consistent = self.checkpoint_state()
-        if c.workers > 1:
-            self._pool = worker_pool(c.workers, c.threads)
+        own_cluster = None
+        if client is not None:
+            self._pool = client
+        elif c.workers > 1:
+            from .workers import connect
+
+            own_cluster = connect(c.workers)
+            self._pool = own_cluster.__enter__()
         try:
             while self.episode < target:
                 rows = self.step()
@@ -578,6 +653,10 @@ class MetaTrainer:
                     self.save_checkpoint()
                 if bool(self.stopped.all()):
                     break
+                if should_stop is not None and self.episode < target and should_stop():
+                    if self.out is not None:
+                        self.save_checkpoint()
+                    break
         except BaseException:
             # Interrupted or failed (Ctrl-C, a dead worker): keep everything computed so far,
             # the state after the last completed episode, so that --resume continues from it.
@@ -589,9 +668,11 @@ class MetaTrainer:
                 write_theta(self.out, st["theta"].numpy(), self.terms, st["guards"]["stopped"].numpy(), seed=c.seed)
             raise
         finally:
-            if self._pool is not None:
-                self._pool.shutdown(cancel_futures=True)
-                self._pool = None
+            self._pool = None
+            if own_cluster is not None:
+                own_cluster.__exit__(None, None, None)
+            if self.lock is not None:
+                self.lock.release()
         if bar is not None:
             bar.close()
         summary = self.summary(time.perf_counter() - start, history)

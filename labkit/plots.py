@@ -47,6 +47,7 @@ __all__ = [
     "plot_orthonormality",
     "plot_online_curves",
     "figures_from_results",
+    "plot_sweep",
 ]
 
 #: Short legend label of each term, by index (``Term.short`` of :data:`labkit.terms.TERMS`).
@@ -560,3 +561,47 @@ def figures_from_results(
             fig.suptitle(f"{what} per layer: {desc}\n{band}", fontsize="medium")
             save(fig, name)
     return written
+
+
+def plot_sweep(table: pd.DataFrame, settings: Sequence[str], chance: float | None = None) -> Figure:
+    """The summary figure of a sweep table (``sweep.csv`` of :func:`labkit.sweep.run_sweep`):
+    final meta-accuracy with its 98% CI per cell, against the first setting of ``settings``
+    (log axis when it is numeric and spans more than a decade), one line per combination of
+    the others. ``chance``: a chance line (e.g. ``chance_level(M)``); None draws none."""
+    settings = list(settings)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
+    df = table.copy()
+    if not settings:
+        df["_cell"] = "base"
+        settings = ["_cell"]
+    x_name, rest = settings[0], settings[1:]
+    xs = df[x_name]
+    numeric = pd.api.types.is_numeric_dtype(xs)
+    if not numeric:
+        order = list(dict.fromkeys(xs.astype(str)))
+        df["_x"] = xs.astype(str).map({v: i for i, v in enumerate(order)})
+    else:
+        df["_x"] = xs.astype(float)
+    groups = list(df.groupby(rest, sort=False)) if rest else [((), df)]
+    colors = _colors(len(groups))
+    for (key, g), color in zip(groups, colors):
+        g = g.sort_values("_x")
+        key = key if isinstance(key, tuple) else (key,)
+        label = ", ".join(f"{k}={v}" for k, v in zip(rest, key)) or "cells"
+        y = g["meta_accuracy"].to_numpy(dtype=float)
+        lo = y - g["ci_low"].to_numpy(dtype=float)
+        hi = g["ci_high"].to_numpy(dtype=float) - y
+        ax.errorbar(g["_x"], y, yerr=[lo, hi], marker="o", capsize=3, color=color, label=label)
+    if numeric:
+        pos = df["_x"][df["_x"] > 0]
+        if len(pos) and (df["_x"] > 0).all() and pos.max() / pos.min() > 10:
+            ax.set_xscale("log")
+    else:
+        ax.set_xticks(range(len(order)), order, rotation=20)
+    if chance is not None:
+        add_chance_line(ax, chance)
+    ax.set_xlabel(x_name)
+    ax.set_ylabel("final meta-accuracy (98% CI)")
+    ax.set_title(f"sweep: {len(df)} cells")
+    _legend(ax, **_OUTSIDE_RIGHT)
+    return fig

@@ -53,6 +53,10 @@ __all__ = [
     "final_accuracies",
     "final_accuracy",
     "theta_matrix",
+    "FolderBusyError",
+    "FolderLock",
+    "check_writable",
+    "merge_histories",
 ]
 
 # N_TERMS is labkit.terms.N_TERMS, re-exported here (plots and older code import it from here).
@@ -252,6 +256,160 @@ def pivot_trials(df: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray,
     values = np.array(wide.to_numpy(dtype=float))  # writable copy (pandas copy-on-write)
     values[~np.isfinite(values)] = np.nan
     return wide.columns.to_numpy(), values, wide.index.to_numpy()
+
+
+# --------------------------------------------------------------------------- merging
+
+
+def merge_histories(sources: Iterable[str | os.PathLike], dest: str | os.PathLike) -> int:
+    """Write ``dest`` (a folder or ``.csv``) with the rows of several ``history.csv`` files of
+    the same network, in the order one process writes them: by episode, then by trial.
+
+    The rows are copied as text (no float is re-read), so merging the histories of runs over
+    disjoint trials gives the very file a single run over all of them writes. Returns the row
+    count. Raises ValueError when the headers differ.
+    """
+    header: list[str] | None = None
+    rows: list[list[str]] = []
+    for src in sources:
+        path = _history_path(src)
+        if not path.exists():
+            continue
+        with open(path, newline="") as f:
+            text = f.read()
+        lines = list(csv.reader(text[: text.rfind("\n") + 1].splitlines(keepends=True)))
+        if not lines:
+            continue
+        if header is None:
+            header = lines[0]
+        elif lines[0] != header:
+            raise ValueError(f"{path}: its columns differ from the other histories being merged")
+        rows.extend(r for r in lines[1:] if len(r) == len(header))
+    if header is None:
+        return 0
+    t, e = header.index("trial"), header.index("episode")
+    rows.sort(key=lambda r: (int(r[e]), int(r[t])))
+    out = _history_path(dest)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.merge.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out)
+    return len(rows)
+
+
+# --------------------------------------------------------------------------- the folder
+
+
+class FolderBusyError(RuntimeError):
+    """Another live run is writing into the same results folder."""
+
+
+def check_writable(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` (and parents) and check that files can be written in it.
+
+    Raises PermissionError/OSError with a message that names the folder and what to do.
+    """
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise PermissionError(
+            f"cannot write into results folder {path} ({exc.strerror or exc}); "
+            "choose a folder you can write to with --out"
+        ) from None
+    return path
+
+
+class FolderLock:
+    """An exclusive claim on a results folder: ``folder/.lock`` holds the host, process id,
+    run token and start time of the run writing there.
+
+    A second run into the same folder is refused while the first lives. A lock is taken over
+    when its process is gone (same host), when it is this process's own, or when it carries
+    the caller's ``token`` (the parts of one distributed run, or a sweep cell re-scheduled on
+    another worker after its first worker died: the scheduler runs a task once at a time).
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, folder: str | os.PathLike, token: str | None = None):
+        self.path = Path(folder) / self.NAME
+        self.token = token
+        self.held = False
+
+    def _mine(self) -> dict:
+        import socket
+        import time as _time
+
+        return {"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
+                "since": _time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    def _stale(self, other: dict) -> bool:
+        import socket
+
+        if self.token is not None and other.get("token") == self.token:
+            return True
+        if other.get("host") != socket.gethostname():
+            return False
+        pid = int(other.get("pid", -1))
+        if pid == os.getpid():
+            return True
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def acquire(self) -> "FolderLock":
+        me = json.dumps(self._mine())
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    other = json.loads(self.path.read_text() or "{}")
+                except (OSError, json.JSONDecodeError):
+                    other = {}
+                if other and not self._stale(other):
+                    raise FolderBusyError(
+                        f"{self.path.parent} is in use by another run (process {other.get('pid')} on "
+                        f"{other.get('host')}, since {other.get('since')}); wait for it to finish or "
+                        f"choose another --out folder. If that run is dead, delete {self.path}."
+                    ) from None
+                try:
+                    self.path.unlink()
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            self.held = True
+            return self
+        raise FolderBusyError(f"could not take the lock {self.path}; another run keeps taking it")
+
+    def release(self) -> None:
+        if self.held:
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+            self.held = False
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
 
 # ----------------------------------------------------------------------------- json
