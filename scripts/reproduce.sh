@@ -59,12 +59,7 @@ queue_d > results/queue_d.log 2>&1 &
 wait
 [ -n "${RUNS_ONLY:-}" ] && exit 0
 
-# Figures: meta-training curves straight from the result folders, then the notebooks in full mode.
-$LK figures results/fa_lr results/bp_lr results/dfa_lr results/usf_lr results/frsf_lr results/drtp_lr \
-    --labels FA BP DFA uSF frSF DRTP --out figures --prefix fig3_
-$LK figures results/bio results/usf_bio results/frsf_bio results/drtp_bio \
-    --labels "bio, FA" "bio, uSF" "bio, frSF" "bio, DRTP" --out figures --prefix pathways_bio_
-# Fig 4 from the paper-scale runs (20 trials x 600 episodes) where present; they take ~30 min each
+# The paper-scale runs (20 trials x 600 episodes), which Fig 4 uses where present; they take ~30 min each
 # here with 2 workers: PAPER_SCALE=1 bash scripts/reproduce.sh makes them (docs/reproduction.md).
 if [ -n "${PAPER_SCALE:-}" ]; then
     for rule in pool bio; do
@@ -75,17 +70,9 @@ if [ -n "${PAPER_SCALE:-}" ]; then
             $LK discover --rule "$rule" --trials 20 --episodes 600 --seed "$SEED" --workers 2 --quiet $COMPILE $extra --out "$out" $resume
     done
 fi
-P=results/pool; B=results/bio
-[ -f results/pool_20x600/theta.json ] && P=results/pool_20x600
-[ -f results/bio_20x600/theta.json ] && B=results/bio_20x600
-$LK figures results/fa_lr results/bp_lr $P $B --labels FA BP pool bio --out figures --prefix fig4_
-[ -f results/pool_20x600/theta.json ] && $LK figures results/pool_20x600 --labels "pool 20x600" --out figures --prefix pool20x600_
-[ -f results/bio_20x600/theta.json ] && $LK figures results/bio_20x600 --labels "bio 20x600" --out figures --prefix bio20x600_
-$LK figures results/fa_lr results/ehebb results/bio --labels FA eHebb bio --out figures --prefix fig5_
-$LK figures results/fa_lr results/oja --labels FA Oja --out figures --prefix fig7_
-# The committed notebooks stay output-free; executed copies go to a temporary folder.
-executed=$(mktemp -d)
-for nb in notebooks/0[1-4]_*.ipynb; do
-    (cd notebooks && ../.venv/bin/papermill "$(basename "$nb")" "$executed/$(basename "$nb")" -k python3 --cwd .)
-done
-echo "figures in figures/; executed notebooks in $executed"
+
+# Figures: the meta-training curves from the result folders (labkit figures), then the notebooks
+# in full mode (executed copies go to a temporary folder; the committed notebooks stay
+# output-free). The list of what makes figures/ is scripts/figures.py; the tests check with it
+# that the committed figures are current (scripts/figures.py --check).
+.venv/bin/python scripts/figures.py --write
