@@ -55,19 +55,26 @@ Ws[j] gbar_j with Wbar[j] += es[j+1] gbar_j^T for bp; D_j^T gbar_j into es_bar[L
 es_bar[L] into ys_bar[L], and the forward pass in reverse (zbar = ys_bar d for
 softplus layers, y (ybar - y.ybar) for the softmax; Wbar[i] += zbar ys[i]^T;
 ys_bar[i] += Ws[i]^T zbar).
+
+Plastic feedback (docs/plastic-feedback.md): the feedback matrices join the state. They are
+updated in place beside the weights, undone with B_t = (B_{t+1} - P Q) / (1 - phi_1), and their
+update's adjoint (:func:`labkit.rules.feedback_adjoint`) runs after the weights' and before the
+error pass, which adds gbar_j es[j+1]^T to Bs[j]'s gradient.
 """
 from __future__ import annotations
 
 import torch
 
 from . import pathways
-from .episode import Episodic, MetaGradient
+from .episode import Episodic, MetaGradient, resolve_phi
 from .metrics import query_loss_and_accuracy
 from .networks import softplus
 from .ops import rows_times_W, rows_times_Wt
 from .rules import (
-    KERNEL_TERMS, N_TERMS, LayerPlan, _dot, kernel_adjoint, kernel_factors, layer_adjoint, layer_factors,
+    KERNEL_TERMS, N_TERMS, FeedbackPlan, LayerPlan, _dot, feedback_adjoint, feedback_factors, kernel_adjoint,
+    kernel_factors, layer_adjoint, layer_factors,
 )
+from .feedback_terms import B_DECAY, N_FEEDBACK_TERMS
 
 
 def _mv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -104,7 +111,8 @@ def _kernel_first_layer(terms, N: int, n_in: int, n_out: int) -> bool:
     return bool(ts) and ts <= KERNEL_TERMS and N * (n_in + n_out) <= 4 * n_in * n_out
 
 
-def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float, kernel0: bool = False):
+def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float, kernel0: bool = False,
+                fb_terms: tuple[int, ...] = ()):
     """One plasticity step forward and its adjoint, as two plain functions for one rule.
 
     ``th`` is theta's columns, N_TERMS (T, 1) tensors, and ``keep`` = 1 - theta_3, (T, 1, 1).
@@ -120,13 +128,23 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
     ``v0`` = Wbar'_0 x_t (T, n_1) instead of reading ``Wbar[0]``, and ``backward`` returns
     the first layer's weight-gradient factor as the vector zbar_0 (T, n_1) (its right
     factor is the input x_t); ``update`` and ``grad_update`` leave ``Ws[0]``/``Wbar[0]`` alone.
+
+    ``fb_terms`` (plastic feedback, docs/plastic-feedback.md): the feedback matrices Bs are
+    part of the state too. ``forward`` then also takes ``ph`` (phi's columns) and appends to
+    the tape, per matrix, the factors of its update (:func:`labkit.rules.feedback_factors`);
+    ``backward`` also takes ``Bbar`` (dLoss/dB after the step) and ``ph``, and returns
+    ``(theta part, factors, phi part (T, N_FEEDBACK_TERMS), B factors)``, the B factors being
+    those of Bbar_t - (1 - phi_1) Bbar_{t+1}; ``update_b`` and ``grad_update_b`` do for the Bs
+    what ``update`` and ``grad_update`` do for the Ws. Matrices below ``lo`` (B_1 when no term
+    reads e_0) are never read, so their gradient is zero and their adjoint is skipped.
     """
     plans = [LayerPlan(tuple(ts)) for ts in layer_terms]
     pathway = pathways.get(kind)
     L = len(plans)
-    lo = 0 if plans[0].pre_err else 1
+    fplan = FeedbackPlan(fb_terms) if fb_terms else None
+    lo = 0 if plans[0].pre_err or (fplan is not None and fplan.pre_err) else 1
 
-    def forward(Ws, Bs, x, onehot, th, z0=None):
+    def forward(Ws, Bs, x, onehot, th, z0=None, ph=None):
         ys = [x]
         zs = []
         for i in range(L):
@@ -148,6 +166,9 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
                 saved.append(kernel_factors(plans[0], th, ys[1]))
             else:
                 saved.append(layer_factors(plans[i], th, Ws[i], ys, es, zs, i))
+        if fplan is not None:  # from the pre-update Bs and the same ys, es as the W update
+            fsaved = [feedback_factors(fplan, ph, Bs[j], ys, es, j) for j in range(L)]
+            return ys, zs, es, gs, ds, saved, onehot, fsaved
         return ys, zs, es, gs, ds, saved, onehot
 
     def update(Ws, keep, saved, sign: float) -> None:
@@ -163,12 +184,24 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
             if plans[i].decay and sign < 0:
                 Ws[i].div_(keep)
 
-    def backward(Ws, Wbar, Bs, th, tape, v0=None):
+    def update_b(Bs, keep_b, fsaved, sign: float, first: int = 0) -> None:
+        """Apply (sign=1) or undo (sign=-1) the feedback matrices' updates in place, from
+        matrix ``first`` on."""
+        for j in range(first, L):
+            Pm, Qm = fsaved[j][1], fsaved[j][2]
+            if fplan.decay and sign > 0:
+                Bs[j].mul_(keep_b)
+            if Pm is not None:
+                _addlr(Bs[j], Pm, Qm, sign)
+            if fplan.decay and sign < 0:
+                Bs[j].div_(keep_b)
+
+    def backward(Ws, Wbar, Bs, th, tape, v0=None, Bbar=None, ph=None):
         """Ws: the step's starting weights (already undone); Wbar: gradient after the step.
         Returns the (T, N_TERMS) theta-gradient contribution and, per layer, the rank-<=3
         factors (left (T, n, k), right (T, k, m)) of Wbar_t - (1 - th3) Wbar_{t+1} (kernel0:
-        the first layer's is zbar_0 alone, see above)."""
-        ys, zs, es, gs, ds, saved, onehot = tape
+        the first layer's is zbar_0 alone, see above). With plastic feedback, see above."""
+        ys, zs, es, gs, ds, saved, onehot = tape[:7]
         thbar: list = [None] * N_TERMS
         ys_bar: list = [None] * (L + 1)
         es_bar: list = [None] * (L + 1)
@@ -181,6 +214,13 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
             else:
                 layer_adjoint(plans[i], th, Ws[i], Wbar[i], ys, es, zs, i, saved[i],
                               thbar, ys_bar, es_bar, zs_bar, ubars)
+        if fplan is not None:  # 2b. adjoint of every read feedback matrix's update (reads Bbar', B_t)
+            phbar: list = [None] * N_FEEDBACK_TERMS
+            vbars: list = [None] * L
+            for j in range(lo, L):
+                vbars[j] = feedback_adjoint(fplan, ph, Bs[j], Bbar[j], ys, es, j, tape[7][j],
+                                            phbar, ys_bar, es_bar)
+            gbars: list = [None] * L
         # 3. the error pass in reverse (upwards), through the pathway's own adjoint
         sig_factors: list = [None] * L
         for j in range(lo, L):
@@ -191,6 +231,8 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
             if j >= 1:
                 ys_bar[j] = _add(ys_bar[j], eb * gs[j] * (1.0 - ds[j]) * beta)
             sig_factors[j] = pathway.signal_adjoint(j, Ws, Bs, es, onehot, gbar, es_bar, _mv, _mtv)
+            if fplan is not None:
+                gbars[j] = gbar  # g_j = Bs[j] es[j+1]: Bbar[j] += gbar es[j+1]^T
         if es_bar[L] is not None:
             ys_bar[L] = _add(ys_bar[L], es_bar[L])
         # 4. the forward pass in reverse (downwards), and the weight gradient's new factors
@@ -222,7 +264,22 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
             if left:
                 factors[i] = (torch.stack(left, dim=-1), torch.stack(right, dim=1))
         zero = torch.zeros_like(th[0])
-        return torch.cat([zero if g is None else g for g in thbar], dim=-1), factors
+        thgrad = torch.cat([zero if g is None else g for g in thbar], dim=-1)
+        if fplan is None:
+            return thgrad, factors
+        bfactors: list = [None] * L
+        for j in range(lo, L):
+            left, right = [], []
+            if gbars[j] is not None:
+                left.append(gbars[j])
+                right.append(es[j + 1])
+            if vbars[j] is not None:
+                left.append(vbars[j])
+                right.append(ys[j + 1])
+            if left:
+                bfactors[j] = (torch.stack(left, dim=-1), torch.stack(right, dim=1))
+        phgrad = torch.cat([zero if g is None else g for g in phbar], dim=-1)
+        return thgrad, factors, phgrad, bfactors
 
     def grad_update(Wbar, keep, factors) -> None:
         """Wbar_t = (1 - th3) Wbar_{t+1} + left right, in place."""
@@ -232,19 +289,29 @@ def _make_steps(layer_terms: tuple[tuple[int, ...], ...], kind: str, beta: float
             if factors[i] is not None:
                 _addlr(Wbar[i], *factors[i])
 
+    def grad_update_b(Bbar, keep_b, bfactors) -> None:
+        """Bbar_t = (1 - phi_1) Bbar_{t+1} + left right, in place (matrices from ``lo`` on)."""
+        for j in range(lo, L):
+            if fplan.decay:
+                Bbar[j].mul_(keep_b)
+            if bfactors[j] is not None:
+                _addlr(Bbar[j], *bfactors[j])
+
+    if fplan is not None:
+        return forward, update, backward, grad_update, update_b, grad_update_b, lo
     return forward, update, backward, grad_update
 
 
 _COMPILED: dict = {}
 
 
-def _steps(layer_terms, kind: str, beta: float, compile: bool, kernel0: bool = False):
+def _steps(layer_terms, kind: str, beta: float, compile: bool, kernel0: bool = False, fb_terms: tuple = ()):
     if not compile:
-        return _make_steps(layer_terms, kind, beta, kernel0)
-    key = (layer_terms, kind, beta) + ((True,) if kernel0 else ())
+        return _make_steps(layer_terms, kind, beta, kernel0, fb_terms)
+    key = (layer_terms, kind, beta) + ((True,) if kernel0 else ()) + ((("fb",) + fb_terms,) if fb_terms else ())
     if key not in _COMPILED:
-        fwd, upd, bwd, gupd = _make_steps(layer_terms, kind, beta, kernel0)
-        _COMPILED[key] = (torch.compile(fwd, dynamic=False), upd, torch.compile(bwd, dynamic=False), gupd)
+        fwd, upd, bwd, gupd, *rest = _make_steps(layer_terms, kind, beta, kernel0, fb_terms)
+        _COMPILED[key] = (torch.compile(fwd, dynamic=False), upd, torch.compile(bwd, dynamic=False), gupd, *rest)
     return _COMPILED[key]
 
 
@@ -263,7 +330,9 @@ def _first_compiled_call(fn, args):
         raise
 
 
-def meta_gradient_adjoint(theta: torch.Tensor, ep: Episodic, compile: bool = False) -> MetaGradient:
+def meta_gradient_adjoint(
+    theta: torch.Tensor, ep: Episodic, compile: bool = False, phi: torch.Tensor | None = None,
+) -> MetaGradient:
     """Exact d(query loss)/d(theta) per trial by the hand-derived reverse pass (module docstring).
 
     theta: (T, N_TERMS). Returns :class:`labkit.episode.MetaGradient` (loss, accuracy, grad (T, N_TERMS),
@@ -280,11 +349,18 @@ def meta_gradient_adjoint(theta: torch.Tensor, ep: Episodic, compile: bool = Fal
     likewise stays Wbar_K + sum_{s>t} zbar_s x_s^T, so the backward pass needs only
     Wbar_{t+1} x_t = Wbar_K x_t + sum_{s>t} (x_s . x_t) zbar_s. Same numbers up to rounding
     (tests/test_fast_paths.py).
+
+    Plastic feedback (``ep.feedback_terms`` not empty): ``phi`` (T, N_FEEDBACK_TERMS) is
+    required, the feedback matrices are updated in place and reconstructed backwards like the
+    weights, and the result carries ``phi_grad`` and the adapted ``Bs`` (docs/plastic-feedback.md).
     """
     L = len(ep.Ws)
     if ep.rule.n_layers != L:
         raise ValueError(f"rule has {ep.rule.n_layers} layers but the network has {L}")
     pathways.get(ep.feedback)  # a clear error for an unknown pathway
+    phi = resolve_phi(phi, ep, theta)
+    if phi is not None:
+        return _meta_gradient_adjoint_plastic(theta, phi, ep, compile)
     layer_terms = tuple(tuple(ts) for ts in ep.rule.layer_terms)
     N = ep.x_train.shape[1]
     n1, n0 = ep.Ws[0].shape[1:]
@@ -339,3 +415,74 @@ def meta_gradient_adjoint(theta: torch.Tensor, ep: Episodic, compile: bool = Fal
             gupd(Wbar, keep, factors)
             grad += g  # inactive terms get exact zeros from bwd
     return MetaGradient(loss.detach(), acc.detach(), grad, [W.detach() for W in Wf])
+
+
+def _meta_gradient_adjoint_plastic(theta: torch.Tensor, phi: torch.Tensor, ep: Episodic, compile: bool) -> MetaGradient:
+    """:func:`meta_gradient_adjoint` with plastic feedback matrices (phi checked). The same
+    engine with the Bs as part of the state: per step, forward (tape), update W and B in place;
+    backwards, undo both (B_t = (B_{t+1} - P Q) / (1 - phi_1)), the step's adjoint, then
+    Wbar_t and Bbar_t. dLoss/dB after the last step is zero (the query reads only W)."""
+    L = len(ep.Ws)
+    layer_terms = tuple(tuple(ts) for ts in ep.rule.layer_terms)
+    fb_terms = tuple(ep.feedback_terms)
+    N = ep.x_train.shape[1]
+    n1, n0 = ep.Ws[0].shape[1:]
+    kernel0 = _kernel_first_layer(layer_terms[0], N, n0, n1)
+    fwd, upd, bwd, gupd, upd_b, gupd_b, lo = _steps(layer_terms, ep.feedback, float(ep.beta), compile, kernel0,
+                                                   fb_terms)
+    with torch.no_grad():
+        Ws = [W.detach() if (kernel0 and i == 0) else W.detach().clone().contiguous() for i, W in enumerate(ep.Ws)]
+        Bs = [B.detach().clone().contiguous() for B in ep.Bs]
+        xs = ep.x_train.transpose(0, 1).contiguous()
+        onehots = torch.nn.functional.one_hot(ep.y_train, Ws[-1].shape[1]).to(xs.dtype).transpose(0, 1).contiguous()
+        th = [theta[:, r : r + 1] for r in range(N_TERMS)]
+        ph = [phi[:, s : s + 1] for s in range(N_FEEDBACK_TERMS)]
+        keep = (1.0 - th[3]).unsqueeze(-1)
+        keep_b = (1.0 - ph[B_DECAY]).unsqueeze(-1)
+        if kernel0:
+            X = ep.x_train.detach()
+            gram = torch.bmm(X, X.transpose(1, 2))
+            Z0 = torch.bmm(X, Ws[0].transpose(1, 2)).transpose(0, 1).contiguous()
+            A = X.new_zeros(X.shape[0], N, n1)
+        tape = []
+        for t in range(N):
+            z0 = Z0[t] - torch.bmm(gram[:, t : t + 1, :t], A[:, :t]).squeeze(1) if kernel0 else None
+            args = (Ws, Bs, xs[t], onehots[t], th, z0, ph)
+            if compile and t == 0:
+                tape.append(_first_compiled_call(fwd, args))
+            else:
+                tape.append(fwd(*args))
+            es, saved, fsaved = tape[-1][2], tape[-1][5], tape[-1][7]
+            if kernel0:
+                A[:, t] = saved[0][4] * es[1]
+            upd(Ws, keep, saved, 1.0)
+            upd_b(Bs, keep_b, fsaved, 1.0)
+        if kernel0:
+            Ws[0] = Ws[0] - torch.bmm(A.transpose(1, 2), X)
+        Bs_final = [B.clone() for B in Bs]
+        Wf = [W.clone().requires_grad_(True) for W in Ws]
+        with torch.enable_grad():
+            loss, acc = query_loss_and_accuracy(Wf, ep.x_query, ep.y_query, ep.beta)
+            Wbar = [g.contiguous() for g in torch.autograd.grad(loss.sum(), Wf)]
+        if kernel0:
+            V = torch.bmm(X, Wbar[0].transpose(1, 2)).transpose(0, 1).contiguous()
+            Zb = torch.zeros_like(A)
+            Wbar[0] = None
+        Bbar = [torch.zeros_like(B) for B in Bs]
+        grad = torch.zeros_like(theta)
+        phi_grad = torch.zeros_like(phi)
+        for t in range(N - 1, -1, -1):
+            step = tape.pop()
+            upd(Ws, keep, step[5], -1.0)
+            upd_b(Bs, keep_b, step[7], -1.0, lo)  # matrices below lo are never read again
+            v0 = V[t] + torch.bmm(gram[:, t : t + 1, t + 1 :], Zb[:, t + 1 :]).squeeze(1) if kernel0 else None
+            g, factors, gphi, bfactors = bwd(Ws, Wbar, Bs, th, step, v0, Bbar, ph)
+            if kernel0:
+                if factors[0] is not None:
+                    Zb[:, t] = factors[0]
+                factors[0] = None
+            gupd(Wbar, keep, factors)
+            gupd_b(Bbar, keep_b, bfactors)
+            grad += g
+            phi_grad += gphi
+    return MetaGradient(loss.detach(), acc.detach(), grad, [W.detach() for W in Wf], phi_grad, Bs_final)

@@ -19,11 +19,49 @@ from typing import Sequence
 import torch
 
 from . import ops, pathways
+from .feedback_terms import make_feedback_terms
 from .networks import BETA, softplus_deriv_from_output
 from .pathways import Pathway
 
 #: Every registered pathway's name (bp, fa, dfa first).
 FEEDBACK_KINDS: tuple[str, ...] = pathways.names()
+
+# Whether the built-in pathways' matrices may be plastic (labkit.feedback_terms), and if not why
+# and what to use instead. A pathway module may answer for itself instead, with the class
+# attributes Pathway.plastic_matrices and Pathway.plastic_refusal, which take precedence.
+_PLASTIC_BUILTIN = frozenset({"fa"})
+_REFUSALS = {
+    "bp": "backprop has no feedback matrices (it sends errors through the current W^T itself); "
+          "use feedback='fa' with the Kolen-Pollack feedback rule 'kp' to learn B^T -> W",
+    "usf": "uniform sign-symmetry derives its feedback from sign(W) at every step and has no free "
+           "matrices; use feedback='fa'",
+    "frsf": "frsf's matrices are fixed magnitudes |M| combined with the current signs of W, not free "
+            "matrices standing for W^T; use feedback='fa'",
+    "dfa": "direct feedback alignment's matrices D_j project the output error (shape (n_j, n_L), not "
+           "that of W^T) and no feedback term is defined for them; use feedback='fa'",
+    "drtp": "DRTP's matrices project the target (shape (n_j, n_L), not that of W^T) and no feedback "
+            "term is defined for them; use feedback='fa'",
+}
+
+
+def plastic_feedback_allowed(kind: str) -> bool:
+    """Whether pathway ``kind`` accepts plastic feedback matrices: its signal is g_j = B_{j+1}
+    e_{j+1} with free B shaped like W_{j+1}^T (ValueError for an unknown pathway)."""
+    p = pathways.get(kind)
+    return bool(p.plastic_matrices) or (kind in _PLASTIC_BUILTIN and not p.plastic_refusal)
+
+
+def check_plastic_feedback(kind: str, terms) -> tuple[int, ...]:
+    """The sorted feedback terms of ``terms`` (a spec for
+    :func:`labkit.feedback_terms.make_feedback_terms`) if pathway ``kind`` accepts them, else a
+    ValueError that says why and what to use instead. ``()`` (fixed feedback) fits every pathway."""
+    ts = make_feedback_terms(terms)
+    if ts and not plastic_feedback_allowed(kind):
+        p = pathways.get(kind)
+        reason = p.plastic_refusal or _REFUSALS.get(kind) or (
+            f"pathway {kind!r} does not declare plastic_matrices = True; use feedback='fa'")
+        raise ValueError(f"plastic feedback (terms {list(ts)}) is refused for pathway {kind!r}: {reason}")
+    return ts
 
 
 def check_kind(kind: str) -> str:

@@ -1,4 +1,5 @@
-"""Accuracy, loss, alignment angles, weight angles and orthonormality (docs/architecture.md, "Measurements").
+"""Accuracy, loss, alignment angles, weight angles, orthonormality, weight norms and the
+effective rank of hidden activations (docs/architecture.md, "Measurements").
 
 All functions take batched trials: ``Ws[l-1]: (T, n_l, n_{l-1})``, a query batch
 ``x: (T, N, n_0)`` and integer labels ``y: (T, N)``; they return per-trial tensors.
@@ -99,3 +100,54 @@ def orthonormality(Ws: Sequence[torch.Tensor], x: torch.Tensor, beta: float = BE
         resid = zs[l - 1] - torch.bmm(ys[l], WWt.transpose(1, 2))
         out.append(resid.pow(2).sum(-1).mean(-1))
     return torch.stack(out, dim=-1)
+
+
+@torch.no_grad()
+def weight_norms(Ws: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Frobenius norms ||W_l||_F = sqrt(sum_ij W_l[i, j]^2), l = 1..L: (T, L).
+
+    The hidden layers' incoming weights are the first L-1 columns, the output layer's the last.
+    """
+    return torch.stack([W.flatten(1).norm(dim=-1) for W in Ws], dim=-1)
+
+
+@torch.no_grad()
+def effective_rank(activations: torch.Tensor) -> torch.Tensor:
+    """Effective rank (Roy & Vetterli 2007) of a batch of activations.
+
+    For a matrix A (N samples x n units) with singular values sigma_1..sigma_k,
+    k = min(N, n), let p_i = sigma_i / sum_j sigma_j (the normalised singular values); then
+
+        erank(A) = exp(H(p)),    H(p) = -sum_i p_i log p_i    (0 log 0 = 0).
+
+    It lies in [1, k]: 1 for a rank-1 matrix, k for k orthogonal directions of equal norm,
+    and it does not change when A is multiplied by a non-zero number. The activations are
+    not centred (the matrix itself, as Roy & Vetterli define it).
+
+    Args:
+        activations: ``(N, n)`` one batch, or ``(T, N, n)`` a batch per trial.
+
+    Returns:
+        A 0-d tensor for ``(N, n)``, ``(T,)`` for ``(T, N, n)``; NaN for an all-zero matrix
+        (whose effective rank is not defined). Computed in float64 (returned in the input's
+        floating dtype).
+    """
+    if activations.dim() not in (2, 3):
+        raise ValueError(f"effective_rank takes (N, n) or (T, N, n) activations, got shape {tuple(activations.shape)}")
+    dtype = activations.dtype if activations.is_floating_point() else torch.float64
+    sv = torch.linalg.svdvals(activations.to(torch.float64))  # (..., k), descending, >= 0
+    p = sv / sv.sum(-1, keepdim=True)  # NaN where the matrix is all zeros
+    h = -torch.where(p > 0, p * torch.log(p), torch.zeros_like(p)).sum(-1)
+    h = torch.where(torch.isnan(p).any(-1), torch.full_like(h, math.nan), h)
+    return torch.exp(h).to(dtype)
+
+
+@torch.no_grad()
+def hidden_effective_ranks(Ws: Sequence[torch.Tensor], x: torch.Tensor, beta: float = BETA) -> torch.Tensor:
+    """Effective rank of each hidden layer's activations y_l = sigma(z_l) on the batch
+    ``x: (T, N, n_0)``, l = 1..L-1 (:func:`effective_rank` over the N samples): (T, L-1)."""
+    _, ys = forward(Ws, x, beta)
+    L = len(Ws)
+    if L < 2:
+        return torch.zeros(x.shape[0], 0, dtype=x.dtype)
+    return torch.stack([effective_rank(ys[l]) for l in range(1, L)], dim=-1)

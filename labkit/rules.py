@@ -44,6 +44,7 @@ import torch
 
 from . import ops
 from .terms import DEFAULT_FEEDBACK, N_TERMS, NAMED_RULES, TERM_NAMES, USES_PRE_ERROR  # noqa: F401  (re-exported)
+from .feedback_terms import B_DECAY, B_EHEBB, B_OJA, KP, N_FEEDBACK_TERMS
 
 
 @dataclass(frozen=True)
@@ -398,3 +399,164 @@ def kernel_adjoint(
     if 5 in plan.ts:
         thbar[5] = _add(thbar[5], alphabar * S)
         ys_bar[1] = _add(ys_bar[1], (th[5] * alphabar).expand_as(post))
+
+
+# ---------------------------------------------------------------------------------------------
+# Plastic feedback (labkit.feedback_terms): the terms G^s of the feedback matrices B, in the
+# same three forms. B: (T, n_pre, n_post), the shape of W^T; per step and layer,
+#
+#     B' = (1 - phi_1) B + a e_post^T + b post^T
+#     a = -phi_0 pre - phi_2 e_pre,      b = phi_3 (pre - v),   v = B post
+#
+# (the forward update with W read as B^T, transposed: see labkit.feedback_terms).
+
+
+def feedback_term(
+    s: int,
+    B: torch.Tensor,
+    y_pre: torch.Tensor,
+    y_post: torch.Tensor,
+    e_pre: torch.Tensor | None,
+    e_post: torch.Tensor,
+) -> torch.Tensor:
+    """Feedback term G^s for one sample per trial, exactly as printed in
+    :mod:`labkit.feedback_terms`.
+
+    B: (T, n_pre, n_post); y_pre, e_pre: (T, n_pre); y_post, e_post: (T, n_post).
+    Returns (T, n_pre, n_post).
+    """
+
+    def outer(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a.unsqueeze(-1) * b.unsqueeze(-2)
+
+    if s == KP:
+        return -outer(y_pre, e_post)
+    if s == B_DECAY:
+        return -B
+    if s == B_EHEBB:
+        return -outer(e_pre, e_post)
+    if s == B_OJA:
+        return outer(y_pre, y_post) - B @ outer(y_post, y_post)
+    raise ValueError(f"unknown feedback term {s}; feedback terms are numbered 0..{N_FEEDBACK_TERMS - 1}")
+
+
+def fused_feedback_update(
+    phi: torch.Tensor,
+    terms: Sequence[int],
+    B: torch.Tensor,
+    y_pre: torch.Tensor,
+    y_post: torch.Tensor,
+    e_pre: torch.Tensor | None,
+    e_post: torch.Tensor,
+) -> torch.Tensor:
+    """The new feedback matrices B + sum_{s in terms} phi_s G^s, as one batched low-rank product
+    plus decay (B' = (1 - phi_1) B + a e_post^T + b post^T, above).
+
+    phi: (T, N_FEEDBACK_TERMS); B: (T, n_pre, n_post); y_pre, e_pre: (T, n_pre); y_post, e_post:
+    (T, n_post). Terms outside ``terms`` cost nothing. Differentiable (autograd records it).
+    """
+    ts = set(terms)
+    ph = {s: phi[:, s : s + 1] for s in ts}  # (T, 1)
+    cols_u: list[torch.Tensor] = []
+    cols_v: list[torch.Tensor] = []
+    a = -ph[KP] * y_pre if KP in ts else None
+    if B_EHEBB in ts:
+        a = -ph[B_EHEBB] * e_pre if a is None else a - ph[B_EHEBB] * e_pre
+    if a is not None:
+        cols_u.append(a)
+        cols_v.append(e_post)
+    if B_OJA in ts:
+        v = ops.matvec(B, y_post)  # B post: (T, n_pre)
+        cols_u.append(ph[B_OJA] * (y_pre - v))
+        cols_v.append(y_post)
+    base = B * (1.0 - ph[B_DECAY]).unsqueeze(-1) if B_DECAY in ts else B
+    if not cols_u:
+        return base
+    U = torch.stack(cols_u, dim=-1)  # (T, n_pre, k)
+    V = torch.stack(cols_v, dim=1)  # (T, k, n_post)
+    return ops.lowrank_update(base, U, V)
+
+
+class FeedbackPlan:
+    """Which pieces of the feedback update the active feedback terms need (fixed per episode)."""
+
+    __slots__ = ("ts", "a", "b", "decay", "pre_err")
+
+    def __init__(self, ts: Iterable[int]):
+        s = set(ts)
+        self.ts = s
+        self.a = bool(s & {KP, B_EHEBB})  # a factor multiplying e_post^T
+        self.b = B_OJA in s  # a factor multiplying post^T
+        self.decay = B_DECAY in s
+        self.pre_err = B_EHEBB in s
+
+
+def feedback_factors(plan: FeedbackPlan, ph: list, B: torch.Tensor, ys: list, es: list, j: int) -> tuple:
+    """Feedback matrix j's update as factors: B' = (1 - ph1) B + Pm Qm, Pm (T, n_j, k),
+    Qm (T, k, n_{j+1}); ``ph`` is phi's columns (N_FEEDBACK_TERMS tensors (T, 1)), B = Bs[j]
+    (it plays the role of W_j^T, ``ys[j]`` pre, ``ys[j+1]`` post). Returns ``(v, Pm, Qm)``
+    (v = B post, or None without the Oja term; Pm, Qm None without low-rank terms)."""
+    pre, post, e_pre, e_post = ys[j], ys[j + 1], es[j], es[j + 1]
+    P, Q = [], []
+    v = None
+    if plan.a:
+        a = -ph[KP] * pre if KP in plan.ts else None
+        if B_EHEBB in plan.ts:
+            a = _add(a, -ph[B_EHEBB] * e_pre)
+        P.append(a)
+        Q.append(e_post)
+    if plan.b:
+        v = ops.rows_times_Wt(post, B)
+        P.append(ph[B_OJA] * (pre - v))
+        Q.append(post)
+    Pm = torch.stack(P, dim=-1) if P else None
+    Qm = torch.stack(Q, dim=1) if Q else None
+    return v, Pm, Qm
+
+
+def feedback_adjoint(
+    plan: FeedbackPlan, ph: list, B: torch.Tensor, Bb: torch.Tensor, ys: list, es: list, j: int,
+    saved: tuple, phbar: list, ys_bar: list, es_bar: list,
+) -> torch.Tensor | None:
+    """Adjoint of feedback matrix j's update, given ``Bb`` = dLoss/dB' (B' the updated matrix).
+
+    Adds in place into ``phbar`` (per feedback term, (T, 1)), ``ys_bar`` and ``es_bar``;
+    returns vbar (T, n_j), the gradient of v = B post (the engine adds vbar post^T to B's
+    gradient), or None. With Pbar = Bb Qm^T and Qbar = Pm^T Bb:
+
+        phi1bar -= <B, Bb>;  e_post_bar += Bb^T a;  post_bar += Bb^T b + B^T vbar
+        abar = Bb e_post:  phi0bar -= abar . pre;  phi2bar -= abar . e_pre
+                           pre_bar -= phi0 abar;   e_pre_bar -= phi2 abar
+        bbar = Bb post:    phi3bar += bbar . (pre - v);  pre_bar += phi3 bbar;  vbar = -phi3 bbar
+    """
+    v, Pm, Qm = saved
+    pre, post, e_pre = ys[j], ys[j + 1], es[j]
+    if plan.decay:
+        phbar[B_DECAY] = _add(phbar[B_DECAY], -(B * Bb).sum((1, 2)).unsqueeze(-1))
+    if Pm is None:
+        return None
+    Pbar = torch.bmm(Bb, Qm.transpose(1, 2))  # (T, n_j, k): columns Bb q_k
+    Qbar = torch.bmm(Pm.transpose(1, 2), Bb)  # (T, k, n_{j+1}): rows Bb^T p_k
+    k = 0
+    pre_bar = e_pre_bar = vbar = None
+    if plan.a:
+        es_bar[j + 1] = _add(es_bar[j + 1], Qbar[:, k])
+        abar = Pbar[:, :, k]
+        k += 1
+        if KP in plan.ts:
+            phbar[KP] = _add(phbar[KP], -_dot(abar, pre))
+            pre_bar = _add(pre_bar, -ph[KP] * abar)
+        if B_EHEBB in plan.ts:
+            phbar[B_EHEBB] = _add(phbar[B_EHEBB], -_dot(abar, e_pre))
+            e_pre_bar = _add(e_pre_bar, -ph[B_EHEBB] * abar)
+    if plan.b:
+        bbar = Pbar[:, :, k]
+        phbar[B_OJA] = _add(phbar[B_OJA], _dot(bbar, pre - v))
+        pre_bar = _add(pre_bar, ph[B_OJA] * bbar)
+        vbar = -ph[B_OJA] * bbar
+        ys_bar[j + 1] = _add(ys_bar[j + 1], Qbar[:, k] + ops.rows_times_W(vbar, B))
+    if e_pre_bar is not None:
+        es_bar[j] = _add(es_bar[j], e_pre_bar)
+    if pre_bar is not None and j >= 1:
+        ys_bar[j] = _add(ys_bar[j], pre_bar)
+    return vbar

@@ -56,7 +56,7 @@ def test_ci_runs_exactly_the_readme_install_and_test_commands():
 # anything may import it, and it imports nothing of labkit.
 LAYERS: list[list[str]] = [
     ["__init__"],
-    ["terms", "ops", "stats"],
+    ["terms", "feedback_terms", "ops", "stats"],
     ["networks"],
     ["pathways"],
     ["feedback"],

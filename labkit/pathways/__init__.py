@@ -63,6 +63,12 @@ class Pathway:
     order: ClassVar[int] = 100
     #: True when B_l = W_l^T exactly (backprop): the weight angle is 0 by definition
     transports_weights: ClassVar[bool] = False
+    #: True when the signal is exactly g_j = B_{j+1} e_{j+1} with free matrices B shaped like
+    #: W_{j+1}^T (feedback alignment), so that B may be made plastic (labkit.feedback_terms): the
+    #: engines then add d(B e)/dB = gbar e^T to B's gradient themselves.
+    plastic_matrices: ClassVar[bool] = False
+    #: for a pathway that refuses plastic feedback: why, and what to use instead
+    plastic_refusal: ClassVar[str] = ""
 
     # ------------------------------------------------------------------ matrices
     def matrix_shapes(self, sizes: Sequence[int]) -> list[tuple[int, int]]:
