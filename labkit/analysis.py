@@ -79,6 +79,7 @@ def fresh_tasks(
     data_root: str | None = None,
     feedback: str = "fa",
     input_scale: float | str = "auto",
+    init_scale: float = 1.0,
 ) -> FreshTasks:
     """Draw ``tasks`` new M-way tasks, each with a fresh network ``n_0-hidden-n_L`` and feedback.
 
@@ -95,6 +96,7 @@ def fresh_tasks(
         seed: of the tasks' generators.
         dataset, data_root, input_scale: passed to :func:`labkit.data.load_dataset`.
         feedback: the pathway to draw feedback matrices for (:data:`labkit.feedback.FEEDBACK_KINDS`).
+        init_scale: W drawn at this multiple of the Xavier scale, as by ``evaluate_rule``.
 
     Returns:
         :class:`FreshTasks` with ``sizes = (n_0, *hidden, n_L)``, n_L the dataset's number
@@ -108,7 +110,7 @@ def fresh_tasks(
     gens = [trial_generators(seed, k) for k in range(tasks)]
     episodes = stack_episodes([sampler.sample(g[0]) for g in gens])
     weight_gens = [g[1] for g in gens]
-    Ws = init_weights(sizes, weight_gens)
+    Ws = init_weights(sizes, weight_gens, scale=init_scale)
     Bs = init_feedback(feedback, sizes, weight_gens)
     return FreshTasks(sizes, feedback, list(Ws), list(Bs), episodes)
 

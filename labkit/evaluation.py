@@ -19,7 +19,7 @@ from .feedback import init_feedback
 from .learner import online_train
 from .meta import HIDDEN_PAPER, trial_generators
 from .metrics import query_loss_and_accuracy
-from .networks import init_weights
+from .networks import check_init_scale, init_weights
 from .results import read_config, theta_matrix
 from .rules import make_rule
 from .terms import DEFAULT_FEEDBACK, N_TERMS
@@ -42,14 +42,15 @@ def evaluate_rule(
     data_root: str | None = None,
     hidden: Sequence[int] = HIDDEN_PAPER,
     M: int = 5,
-    K: int = 50,
+    K: int | Sequence[int] = 50,
     Q: int = 10,
     tasks: int = 50,
     seed: int = 1000,
     test_classes: int = 0,
     input_scale: float | str = "auto",
     classes_seed: int = 0,
-) -> np.ndarray:
+    init_scale: float = 1.0,
+) -> np.ndarray | dict[int, np.ndarray]:
     """Query accuracy of fresh networks trained online with a fixed rule on new tasks.
 
     ``theta`` is one (N_TERMS,) vector used for every task, or (n, N_TERMS): task k uses row
@@ -58,16 +59,41 @@ def evaluate_rule(
     ``trial_generators(seed, k)``. Returns (tasks,) accuracies. With ``test_classes`` > 0 the
     tasks use only the held-out meta-test classes of the same split as
     :class:`labkit.meta.MetaTrainer` with seed ``classes_seed``.
+
+    The network is built for the evaluation dataset: ``(n_0, *hidden, n_L)`` with n_0 its
+    image size and n_L its number of classes, fresh for every task; so a rule learned on one
+    dataset (say digits, 10 outputs) can be evaluated on another (EMNIST, 47 outputs): the
+    rule transfers, not the weights. ``hidden`` may have any depth (``(100,) * 12``).
+    ``init_scale`` (> 0) draws the forward weights at that multiple of the Xavier scale
+    (:func:`labkit.networks.init_weights`; the feedback matrices keep theirs).
+
+    ``K`` may be a list of training-set sizes: the result is then ``{K: (tasks,) accuracies}``,
+    each entry exactly what ``evaluate_rule(..., K=K)`` alone returns. For a given K, task k
+    is the same whatever rule is evaluated with the same ``seed`` (paired comparisons);
+    across the Ks, task k has the same classes and initial weights, with K (and so its
+    images) differing.
     """
     th = torch.as_tensor(np.atleast_2d(np.asarray(theta, dtype=np.float64)), dtype=torch.float32)
     if th.shape[1] != N_TERMS:
         raise ValueError(f"theta needs {N_TERMS} entries (zeros for unused terms), got {th.shape[1]}")
+    Ks = [K] if isinstance(K, (int, np.integer)) else list(K)
+    if not Ks or any(int(k) != k or k < 1 for k in Ks):
+        raise ValueError(f"K must be a positive integer or a list of them, got {K!r}")
+    scale = check_init_scale(init_scale)
     key = rule.strip().lower() if isinstance(rule, str) else None
     feedback = feedback or DEFAULT_FEEDBACK.get(key, "fa")
     ds = load_dataset(dataset, data_root, False, "train", input_scale)
     classes = split_classes(ds.n_classes, test_classes, classes_seed)[1] if test_classes else None
-    sampler = EpisodeSampler(ds, M, K, Q, classes=classes)
-    sizes = (ds.images.shape[1], *hidden, sampler.n_outputs)
+    samplers = {int(k): EpisodeSampler(ds, M, int(k), Q, classes=classes) for k in Ks}  # validates every K first
+    out = {k: _evaluate_tasks(sampler, rule, th, feedback, hidden, tasks, seed, scale)
+           for k, sampler in samplers.items()}
+    return out[int(K)] if isinstance(K, (int, np.integer)) else out
+
+
+def _evaluate_tasks(sampler: EpisodeSampler, rule: str | list, th: torch.Tensor, feedback: str,
+                    hidden: Sequence[int], tasks: int, seed: int, init_scale: float) -> np.ndarray:
+    """:func:`evaluate_rule` for one sampler (one K): (tasks,) query accuracies."""
+    sizes = (sampler.dataset.images.shape[1], *hidden, sampler.n_outputs)
     r = make_rule(rule, len(sizes) - 1)
     gens = [trial_generators(seed, k) for k in range(tasks)]
     accs = []
@@ -76,7 +102,7 @@ def evaluate_rule(
         ks = list(range(start, min(tasks, start + batch)))
         ep = stack_episodes([sampler.sample(gens[k][0]) for k in ks])
         wg = [gens[k][1] for k in ks]
-        Ws = init_weights(sizes, wg)
+        Ws = init_weights(sizes, wg, scale=init_scale)
         Bs = init_feedback(feedback, sizes, wg)
         Ws = online_train(Ws, Bs, feedback, r, th[torch.tensor(ks) % th.shape[0]], ep.x_train, ep.y_train)
         _, acc = query_loss_and_accuracy(Ws, ep.x_query, ep.y_query)

@@ -35,7 +35,7 @@ from .data import online_stream
 from .feedback import check_kind, init_feedback
 from .learner import learning_curve
 from .meta import HIDDEN_PAPER, MetaConfig, MetaTrainer, trial_generators
-from .networks import init_weights
+from .networks import check_init_scale, init_weights
 from .rules import make_rule
 from .terms import N_TERMS
 
@@ -163,6 +163,7 @@ def online_learning(
     seed: int = 0,
     hidden: Sequence[int] = HIDDEN_PAPER,
     n_eval: int = 300,
+    init_scale: float = 1.0,
 ) -> dict[str, Any]:
     """Online learning curve of one rule, ``trials`` independent networks (Fig. 1 of the paper).
 
@@ -171,7 +172,8 @@ def online_learning(
 
     The data come from :func:`labkit.data.online_stream` ``(dataset, data_root, n_eval)``.
     Trial i draws its W (and B) and its order of the stream from ``trial_generators(seed, i)``,
-    so different feedback pathways or rules start from the same W and see the same images.
+    so different feedback pathways or rules start from the same W and see the same images;
+    ``init_scale`` draws W at that multiple of the Xavier scale (:func:`labkit.networks.init_weights`).
     The rule's terms are those with theta_r != 0 (theta_0 alone if all are zero). One pass:
     ``n_samples`` is capped at the size of the stream. Results are cached (up to 32 calls).
 
@@ -189,18 +191,20 @@ def online_learning(
     return dict(_online_learning_cached(
         feedback, tuple(theta.tolist()), int(n_samples), int(trials), int(every), dataset,
         None if data_root is None else str(data_root), int(seed), tuple(int(h) for h in hidden), int(n_eval),
+        check_init_scale(init_scale),
     ))
 
 
 @lru_cache(maxsize=32)
-def _online_learning_cached(feedback, theta, n_samples, trials, every, dataset, data_root, seed, hidden, n_eval):
+def _online_learning_cached(feedback, theta, n_samples, trials, every, dataset, data_root, seed, hidden, n_eval,
+                            init_scale=1.0):
     x, y, x_eval, y_eval, n_classes = online_stream(dataset, data_root, n_eval)
     n = min(n_samples, len(x))
     sizes = (x.shape[1], *hidden, n_classes)
     gens = [trial_generators(seed, i) for i in range(trials)]
     order = torch.stack([torch.randperm(len(x), generator=g[0])[:n] for g in gens])  # (T, n)
     weight_gens = [g[1] for g in gens]
-    Ws = init_weights(sizes, weight_gens)
+    Ws = init_weights(sizes, weight_gens, scale=init_scale)
     Bs = init_feedback(feedback, sizes, weight_gens)
     terms = [r for r in range(N_TERMS) if theta[r] != 0.0] or [0]
     rule = make_rule(terms, len(sizes) - 1)
