@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -26,6 +27,8 @@ DISCOVER_DEFAULTS: dict[str, Any] = {"trials": DEFAULT_TRIALS, "episodes": DEFAU
 #: MetaConfig fields that do not take the value of the argparse dest of the same name.
 RENAMED: dict[str, Callable[[argparse.Namespace], Any]] = {
     "rule": lambda a: a.terms if a.terms is not None else a.rule,  # --terms is --rule with a term list
+    "workers": lambda a: (auto_workers(a.trials, a.episodes, a.chunk) if getattr(a, "workers", 1) == "auto"
+                          else a.workers),
 }
 #: MetaConfig fields without a flag (they keep MetaConfig's default on the command line).
 NOT_ON_THE_COMMAND_LINE: frozenset[str] = frozenset({"theta0"})
@@ -64,6 +67,30 @@ def _feedback_help(what: str) -> str:
     return f"{what}: " + ", ".join(f"{k} ({pathways.get(k).label})" for k in FEEDBACK_KINDS)
 
 
+def _workers(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--workers takes a number or 'auto', got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--workers must be >= 1, got {n}")
+    return n
+
+
+def auto_workers(trials: int, episodes: int, chunk: int = 4) -> int:
+    """``--workers auto``: for a run of at least COMPILE_AUTO_MIN trial-episodes, one worker per
+    usable core, at most one per chunk of ``chunk`` trials (a compiled run splits only between
+    chunks: labkit.runs.split_trials); else 1 (starting workers costs seconds)."""
+    from .meta import COMPILE_AUTO_MIN
+
+    if trials * episodes < COMPILE_AUTO_MIN:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, -(-trials // chunk)))
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     try:
         vals = tuple(int(v) for v in text.replace(" ", "").split(",") if v != "")
@@ -87,6 +114,26 @@ def _positive_or(text: str, flag: str, words: tuple[str, ...], keep: object) -> 
     return v
 
 
+def _init_scale(text: str) -> float:
+    from .networks import check_init_scale
+
+    try:
+        return check_init_scale(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--init-scale takes a number > 0 (a multiple of the Xavier scale), "
+                                         f"got {text!r}") from None
+
+
+def _k_list(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in text.replace(" ", "").split(",") if v != "")
+    except ValueError:
+        vals = ()
+    if not vals or any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"--K takes a positive integer or a list such as '1,5,10,25,50', got {text!r}")
+    return vals
+
+
 def _clip(text: str) -> float | None:
     return _positive_or(text, "--clip", ("off", "none", "0"), None)
 
@@ -102,7 +149,7 @@ def _theta(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"--theta takes comma-separated numbers, got {text!r}")
 
 
-def _add_data_flags(p: argparse.ArgumentParser) -> None:
+def _add_data_flags(p: argparse.ArgumentParser, k_list: bool = False) -> None:
     from .data import DATASETS
 
     p.add_argument("--dataset", default=_default("dataset"), choices=DATASETS, help="dataset (default: offline digits)")
@@ -114,7 +161,11 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=_int_list, default=hidden,
                    help=f"hidden layer sizes (default {','.join(map(str, hidden))})")
     p.add_argument("--M", type=int, default=_default("M"), help="classes per task")
-    p.add_argument("--K", type=int, default=_default("K"), help="training images per class")
+    if k_list:  # labkit evaluate: one result per K, on tasks drawn from the same seeds
+        p.add_argument("--K", type=_k_list, default=(_default("K"),),
+                       help="training images per class; a list such as 1,5,10,25,50 evaluates each")
+    else:
+        p.add_argument("--K", type=int, default=_default("K"), help="training images per class")
     p.add_argument("--Q", type=int, default=_default("Q"), help="query images per class")
     p.add_argument("--test-classes", type=int, default=_default("test_classes"), help="classes held out of meta-training")
 
@@ -132,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("discover", help="meta-learn a plasticity rule (the main job)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_data_flags(d)
+    d.add_argument("--init-scale", type=_init_scale, default=_default("init_scale"),
+                   help="draw the forward weights at this multiple of the Xavier scale")
     terms = ", ".join(f"{t.index} {t.name}" for t in TERMS)
     d.add_argument("--rule", default=_default("rule"),
                    help=f"named rule ({', '.join(NAMED_RULES)}) or term numbers like '0,2,9' (0..{N_TERMS - 1})")
@@ -153,9 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--grad-mode", default=_default("grad_mode"), choices=GRAD_MODES,
                    help="meta-gradient: adjoint (hand-derived reverse pass, fastest), reverse (autograd, "
                         "the reference) or forward (jvp; memory flat in K)")
-    d.add_argument("--compile", action="store_true",
-                   help="torch.compile the adjoint's steps (faster for long runs; compiling takes "
-                        "a minute or two the first time and needs a C++ compiler)")
+    d.add_argument("--compile", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
+                   help="torch.compile the adjoint's steps: 'auto' compiles runs long enough to pay back "
+                        "the compilation when a C++ compiler is present; '--compile' alone is 'on'; 'off' "
+                        "keeps the eager path (compiled kernels round differently in the last bits)")
     d.add_argument("--clip", type=_clip, default=_default("clip"),
                    help="clip meta-gradients above this many times the recent median norm ('off' to disable)")
     d.add_argument("--explosive", default=_default("explosive"), choices=("skip", "clip"),
@@ -181,9 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dtype", default=_default("dtype"), choices=("float32", "float64"))
     d.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: all cores); with --workers, threads per worker (default: cores / workers)")
-    d.add_argument("--workers", type=int, default=_default("workers"),
+    d.add_argument("--workers", type=_workers, default="auto",
                    help="run on a local Dask cluster of this many single-threaded worker processes, each "
-                        "meta-training a part of the trials (docs/scale-out.md); 1: this process only")
+                        "meta-training a part of the trials (docs/scale-out.md); 1: this process only; "
+                        "'auto': one per usable core, at most one per trial (same numbers either way)")
     d.add_argument("--scheduler", default=None,
                    help="address of a running Dask scheduler (tcp://HOST:PORT) to run on instead of this "
                         "machine; default $LABKIT_SCHEDULER")
@@ -196,7 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="online-train fresh networks with given rules on new tasks",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _add_data_flags(e)
+    _add_data_flags(e, k_list=True)
+    e.add_argument("--init-scale", type=_init_scale, default=None,
+                   help="draw the forward weights at this multiple of the Xavier scale (default: a results "
+                        "folder's init_scale, else 1)")
     e.add_argument("--results", nargs="*", default=[], help="results folders whose final theta to evaluate")
     e.add_argument("--rule", action="append", default=[], help="a rule to evaluate with --theta (repeatable)")
     e.add_argument("--theta", action="append", type=_theta, default=[],
@@ -262,6 +320,10 @@ def cmd_discover(a: argparse.Namespace) -> int:
           f"{a.dataset} {a.M}-way K={a.K} Q={a.Q}, net {'-'.join(map(str, probe.sizes))}, "
           f"{res.trials} trials x {res.episodes} episodes, lambda={res.lam:g}, seed {a.seed}{where} -> {out}"
           + (" (resuming)" if a.resume else ""))
+    if a.compile == "auto" and not a.resume:
+        from .meta import compile_choice
+
+        print(f"labkit discover: {compile_choice(res)[1]}")
     try:
         summary = discover(cfg, out, resume=a.resume, scheduler=a.scheduler, split=a.split, progress=not a.quiet)
     except KeyboardInterrupt:
@@ -290,7 +352,11 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
             theta, cfg = load_theta_from_results(folder)
             if len(theta) == 0:
                 return _fail(f"every trial in {folder} diverged; nothing to evaluate")
-            jobs.append((Path(folder).name, cfg["rule"], cfg["feedback"], theta, cfg.get("hidden", a.hidden)))
+            jobs.append((Path(folder).name, cfg["rule"], cfg["feedback"], theta, cfg.get("hidden", a.hidden),
+                         a.init_scale if a.init_scale is not None else cfg.get("init_scale", 1.0)))
+            note = _transfer_note(folder, cfg, a.dataset)
+            if note:
+                print(note, file=sys.stderr)
         if a.theta and len(a.theta) != len(a.rule):
             return _fail(f"give one --theta per --rule ({len(a.rule)} rules, {len(a.theta)} thetas)")
         if a.feedback and len(a.feedback) != len(a.rule):
@@ -309,16 +375,30 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
                 return _fail(f"--theta for rule {rule} needs {len(terms)} numbers (terms {list(terms)}) "
                              f"or {N_TERMS}, got {len(vals)}")
             fb = a.feedback[k] if a.feedback else None
-            jobs.append((f"{rule}" + (f"/{fb}" if fb else ""), rule, fb, theta, a.hidden))
+            jobs.append((f"{rule}" + (f"/{fb}" if fb else ""), rule, fb, theta, a.hidden,
+                         a.init_scale if a.init_scale is not None else 1.0))
         if not jobs:
             return _fail("nothing to evaluate: give --results FOLDER or --rule NAME --theta VALUES")
         report = {}
-        for label, rule, fb, theta, hidden in jobs:
-            accs = evaluate_rule(rule, theta, fb, a.dataset, a.data_root, hidden, a.M, a.K, a.Q, a.tasks, a.seed,
-                                 a.test_classes, a.input_scale)
-            mean, lo, hi = bootstrap_ci(accs, seed=a.seed)
-            report[label] = {"mean": float(mean), "ci_low": float(lo), "ci_high": float(hi), "tasks": len(accs)}
-            print(f"{label:30s} query accuracy {100 * mean:5.1f}%  (98% CI {100 * lo:.1f}-{100 * hi:.1f}%, {len(accs)} tasks)")
+        Ks = list(a.K) if isinstance(a.K, (tuple, list)) else [a.K]
+        for label, rule, fb, theta, hidden, init_scale in jobs:
+            if len(Ks) == 1:  # today's output: one line per rule, JSON {label: {...}}
+                accs = evaluate_rule(rule, theta, fb, a.dataset, a.data_root, hidden, a.M, Ks[0], a.Q, a.tasks,
+                                     a.seed, a.test_classes, a.input_scale, init_scale=init_scale)
+                mean, lo, hi = bootstrap_ci(accs, seed=a.seed)
+                report[label] = {"mean": float(mean), "ci_low": float(lo), "ci_high": float(hi), "tasks": len(accs)}
+                print(f"{label:30s} query accuracy {100 * mean:5.1f}%  (98% CI {100 * lo:.1f}-{100 * hi:.1f}%, {len(accs)} tasks)")
+                continue
+            # several K: one line per (rule, K); JSON {label: {"<K>": {..., "accuracy": per task}}}
+            per_k = evaluate_rule(rule, theta, fb, a.dataset, a.data_root, hidden, a.M, Ks, a.Q, a.tasks,
+                                  a.seed, a.test_classes, a.input_scale, init_scale=init_scale)
+            report[label] = {}
+            for K, accs in per_k.items():
+                mean, lo, hi = bootstrap_ci(accs, seed=a.seed)
+                report[label][str(K)] = {"K": K, "mean": float(mean), "ci_low": float(lo), "ci_high": float(hi),
+                                         "tasks": len(accs), "accuracy": [float(v) for v in accs]}
+                name = f"{label} K={K}"
+                print(f"{name:30s} query accuracy {100 * mean:5.1f}%  (98% CI {100 * lo:.1f}-{100 * hi:.1f}%, {len(accs)} tasks)")
     except (ValueError, FileNotFoundError, DatasetNotFoundError, CorruptDatasetError) as exc:
         return _fail(str(exc))
     if a.json:
@@ -326,6 +406,19 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
         write_json_atomic(a.json, report)
     return 0
+
+
+def _transfer_note(folder: str, cfg: dict, dataset: str) -> str | None:
+    """A line saying that a rule meta-learned on one dataset is evaluated on another, with
+    fresh networks sized for the latter (None when the datasets agree)."""
+    trained_on = str(cfg.get("dataset", "digits"))
+    if trained_on == dataset:
+        return None
+    sizes = cfg.get("sizes")
+    was = f" (network {'-'.join(map(str, sizes))})" if sizes else ""
+    return (f"labkit evaluate: {folder} was meta-trained on {trained_on}{was}; its rule is evaluated on {dataset} "
+            f"with fresh networks sized for {dataset} (its image size in, its classes out): the rule transfers, "
+            f"not the weights")
 
 
 def cmd_sweep(a: argparse.Namespace) -> int:

@@ -35,7 +35,7 @@ from .feedback import check_kind, init_feedback
 from .guards import ROLLBACK_SNAPSHOT, Guards
 from .learner import GRAD_MODES, Episodic, MetaGradient, meta_gradient
 from .metrics import alignment_angles, orthonormality, weight_angles
-from .networks import BETA, init_weights
+from .networks import BETA, check_init_scale, init_weights
 from .optim import MaskedAdam, l1_proximal, l1_subgradient, term_scales, warmup_factor
 from .results import FolderLock, HistoryWriter, check_writable, final_accuracy, write_config, write_theta
 from .rules import Rule, make_rule
@@ -43,7 +43,7 @@ from .terms import DEFAULT_FEEDBACK, N_TERMS
 
 __all__ = [
     "MetaConfig", "MetaTrainer", "RunSummary", "DivergenceError", "CheckpointError", "trial_generators",
-    "slice_state", "merge_states",
+    "slice_state", "merge_states", "compile_choice", "compiler_available", "COMPILE_AUTO_MIN",
     "chunked_meta_gradient", "HIDDEN_PAPER", "DEFAULT_LAMBDA", "DEFAULT_META_LR",
     "CHECKPOINT_FILE",
     # moved to labkit.optim / labkit.guards, importable from here as before
@@ -61,6 +61,38 @@ DEFAULT_LAMBDA: dict[str, float] = {"pool": 1e-3}
 DEFAULT_META_LR: dict[str, float] = {"pool": 3e-4}
 # What a setting newer than a checkpoint meant before it existed (resume compares with this)
 LEGACY_SETTINGS: dict[str, Any] = {"rollback_explosive": 0}
+
+
+#: Trial-episodes from which compiling pays back its one-off cost (docs/speed.md): compiling
+#: takes ~10-60 s; it saves ~0.02-0.1 s per trial-episode at the paper's network.
+COMPILE_AUTO_MIN = 400
+
+
+def compiler_available() -> bool:
+    """Whether a C++ compiler is on the PATH (torch.compile's CPU backend needs one)."""
+    import shutil
+
+    return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
+
+
+def compile_choice(config: "MetaConfig") -> tuple[bool, str]:
+    """What ``compile="auto"`` means for ``config``: (compile?, why), the why in one line.
+
+    Compile when the meta-gradient is the hand-derived adjoint (the only engine with compiled
+    steps), the run is long enough to pay back the compilation (at least
+    :data:`COMPILE_AUTO_MIN` trial-episodes) and a C++ compiler is present. Compiled kernels
+    round differently from eager ones, so the numbers differ in the last bits; ``--compile
+    off`` keeps the eager path.
+    """
+    if config.grad_mode != "adjoint":
+        return False, f"not compiled: grad mode {config.grad_mode} has no compiled steps"
+    work = config.trials * config.episodes
+    if work < COMPILE_AUTO_MIN:
+        return False, f"not compiled: {work} trial-episodes are too few to pay back compiling (< {COMPILE_AUTO_MIN})"
+    if not compiler_available():
+        return False, ("not compiled: no C++ compiler (g++/clang++) on the PATH; install one for a ~1.5-2x "
+                       "faster run, or pass --compile off to silence this note")
+    return True, f"compiled (--compile auto: {work} trial-episodes, a C++ compiler present; --compile off for eager)"
 
 
 class DivergenceError(RuntimeError):
@@ -86,7 +118,8 @@ class MetaConfig:
     input_scale: float | str = "auto"
     rule: str | list = "pool"
     feedback: str | None = None  # a registered pathway; default: "bp" for rule "bp", "dfa" for "dfa", else "fa"
-    hidden: tuple[int, ...] = HIDDEN_PAPER
+    hidden: tuple[int, ...] = HIDDEN_PAPER  # any depth: (100,) * 12 is 12 hidden layers of width 100
+    init_scale: float = 1.0  # forward weights drawn at this multiple of the Xavier scale (labkit.networks.init_weights)
     M: int = 5
     K: int = 50
     Q: int = 10
@@ -100,7 +133,7 @@ class MetaConfig:
     theta0: float = 1e-3
     seed: int = 0
     grad_mode: str = "adjoint"
-    compile: bool = False  # torch.compile the adjoint's steps (grad_mode "adjoint" only)
+    compile: bool | str = "auto"  # torch.compile the adjoint's steps: True, False, or "auto" (compile_choice)
     chunk: int = 4  # trials per batched inner loop (more are run chunk by chunk; see chunked_meta_gradient)
     clip: float | None = 10.0
     explosive: str = "skip"  # what to do with a meta-gradient above clip x recent median: "skip" or "clip"
@@ -129,6 +162,11 @@ class MetaConfig:
             c.meta_lr = DEFAULT_META_LR.get(rule_key, 1e-3)
         if c.warmup is None:
             c.warmup = 20 if len(make_rule(c.rule, len(c.hidden) + 1).terms) > 1 else 0
+        if isinstance(c.compile, str):
+            key = c.compile.strip().lower()
+            if key not in ("auto", "on", "off", "true", "false"):
+                raise ValueError(f"compile must be auto, on or off, got {c.compile!r}")
+            c.compile = (key in ("on", "true")) if key != "auto" else "auto"
         checks = [
             (c.episodes >= 1, f"episodes must be >= 1, got {c.episodes}"),
             (c.trials >= 1, f"trials must be >= 1, got {c.trials}"),
@@ -136,7 +174,7 @@ class MetaConfig:
             (c.l1 in ("coupled", "proximal"), f"l1 must be 'coupled' or 'proximal', got {c.l1!r}"),
             (c.meta_lr > 0, f"meta learning rate must be > 0, got {c.meta_lr}"),
             (c.grad_mode in GRAD_MODES, f"grad mode must be one of {', '.join(GRAD_MODES)}, got {c.grad_mode!r}"),
-            (not c.compile or c.grad_mode == "adjoint", "compile works with grad mode 'adjoint' only"),
+            (c.compile in (False, "auto") or c.grad_mode == "adjoint", "compile works with grad mode 'adjoint' only"),
             (c.clip is None or c.clip > 0, f"clip must be > 0 (or off), got {c.clip}"),
             (c.explosive in ("skip", "clip"), f"explosive must be 'skip' or 'clip', got {c.explosive!r}"),
             (c.warmup >= 0, f"warmup must be >= 0 episodes, got {c.warmup}"),
@@ -155,7 +193,11 @@ class MetaConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+        if c.compile == "auto":
+            c.compile = compile_choice(c)[0]
+        c.compile = bool(c.compile)
         c.hidden = tuple(int(h) for h in c.hidden)
+        c.init_scale = check_init_scale(c.init_scale)
         make_rule(c.rule, len(c.hidden) + 1)  # validates the rule spec
         return c
 
@@ -234,8 +276,9 @@ def chunked_meta_gradient(theta: torch.Tensor, ep: Episodic, c: MetaConfig, clie
     """
     pool = client
     T = theta.shape[0]
-    if pool is None:
-        if T <= c.chunk:
+    if pool is None or c.compile:
+        # compiled kernels are made per batch size: the chunks of one process, whatever the workers
+        if pool is None and T <= c.chunk:
             return meta_gradient(theta, ep, c.grad_mode, compile=c.compile)
         bounds = [(a, min(T, a + c.chunk)) for a in range(0, T, c.chunk)]
     else:
@@ -344,6 +387,7 @@ class MetaTrainer:
         (seed, i) whichever part it is in. ``token``: the run's token for the folder lock
         (:class:`labkit.results.FolderLock`)."""
         self.config = c = config.resolved()
+        self.requested_compile = config.compile
         self.trial_ids = list(range(c.trials)) if trials is None else [int(i) for i in trials]
         if not self.trial_ids or min(self.trial_ids) < 0 or max(self.trial_ids) >= c.trials:
             raise ValueError(f"trials must be indices in 0..{c.trials - 1}, got {self.trial_ids}")
@@ -489,8 +533,11 @@ class MetaTrainer:
                 "truncated or corrupt. Delete it to restart the run from episode 0 (history.csv is "
                 "then rewritten), or run without --resume into another --out folder."
             ) from None
-        mine = dataclasses.asdict(self.config)
         theirs = s.get("config", {})
+        if self.requested_compile == "auto" and "compile" in theirs and theirs["compile"] != self.config.compile:
+            # "auto" decides once, when the run starts: a resumed run keeps that decision
+            self.config = dataclasses.replace(self.config, compile=bool(theirs["compile"]))
+        mine = dataclasses.asdict(self.config)
         defaults = dataclasses.asdict(MetaConfig())
         # A setting newer than the checkpoint counts as unchanged while it keeps its default, or,
         # for LEGACY_SETTINGS, the value that matches what the code did before it existed.
@@ -540,7 +587,7 @@ class MetaTrainer:
             eps = [self.sampler.sample(self.task_gens[i]) for i in trials]
             ep = stack_episodes(eps)
             wg = [self.weight_gens[i] for i in trials]
-            Ws = init_weights(self.sizes, wg, self.dtype)
+            Ws = init_weights(self.sizes, wg, self.dtype, c.init_scale)
             Bs = init_feedback(c.feedback, self.sizes, wg, self.dtype)
         finally:
             if saved is not None:

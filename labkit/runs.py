@@ -41,8 +41,16 @@ PARTS_DIR = "parts"
 _SPLIT_FILE = "split.json"
 
 
-def split_trials(trials: int, parts: int) -> list[list[int]]:
-    """Consecutive trial ranges for ``parts`` workers, sizes differing by at most one."""
+def split_trials(trials: int, parts: int, chunk: int | None = None) -> list[list[int]]:
+    """Consecutive trial ranges for ``parts`` workers, sizes differing by at most one; with
+    ``chunk``, made of whole chunks of ``chunk`` trials (the last one possibly shorter), so that
+    every part batches its trials exactly as one process does (compiled kernels are made for
+    one batch size each and round differently for another, so a compiled run splits only at
+    chunk boundaries)."""
+    if chunk is not None:
+        chunks = [list(range(a, min(trials, a + chunk))) for a in range(0, trials, chunk)]
+        groups = split_trials(len(chunks), parts)
+        return [[i for k in g for i in chunks[k]] for g in groups]
     n = max(1, min(trials, parts))
     sizes = [trials // n + (k < trials % n) for k in range(n)]  # the larger parts first
     starts = [sum(sizes[:k]) for k in range(n)]
@@ -109,7 +117,7 @@ def _prepare_parts(cfg: MetaConfig, out: Path, resume: bool, n_parts: int) -> li
     if not resume and (out / "history.csv").exists():
         raise FileExistsError(f"{out} already holds a run (history.csv); pass --resume to continue it, "
                               "or choose another --out folder")
-    parts = split_trials(cfg.trials, n_parts)
+    parts = split_trials(cfg.trials, n_parts, cfg.chunk if cfg.compile else None)
     if (out / PARTS_DIR).exists():
         shutil.rmtree(out / PARTS_DIR)  # leftovers of a merged run
     (out / PARTS_DIR).mkdir(parents=True)
@@ -158,7 +166,10 @@ def discover(config: MetaConfig, out: str | Path | None, resume: bool = False, s
     c = config.resolved()
     address = scheduler_address(scheduler)
     parted = out is not None and resume and (Path(out) / PARTS_DIR / _SPLIT_FILE).exists()
-    if parted and split == "trials":
+    if parted and split == "episode":
+        raise CheckpointError(f"{out} holds a run started with the trials split (its parts/ folder); "
+                              "resume it without --split episode")
+    if parted:
         return _discover_split(c, Path(out), resume, address, progress)  # finish the parts it started with
     if c.workers == 1 and address is None:
         return MetaTrainer(config, out=out, resume=resume).run(progress=progress)
@@ -169,7 +180,7 @@ def discover(config: MetaConfig, out: str | Path | None, resume: bool = False, s
 
 
 def _discover_split(c: MetaConfig, out: Path, resume: bool, address: str | None, progress: bool) -> RunSummary:
-    check_writable(out)
+    out = check_writable(out).resolve()  # workers elsewhere see the same absolute path (shared storage)
     token = uuid.uuid4().hex
     with FolderLock(out, token):
         # a trainer over all trials validates everything and writes config.json, before any work

@@ -278,8 +278,8 @@ def run_sweep(sweep: Sweep, workers: int = 1, scheduler: str | None = None, prog
     Cells that fail (a worker lost more often than Dask retries, an error) are marked in the
     table and the others go on; run the sweep again to resume them.
     """
+    sweep = dataclasses.replace(sweep, out=check_writable(sweep.out).resolve())  # the same path on every worker
     cells = sweep.cells()  # validates every cell before any work
-    check_writable(sweep.out)
     token = uuid.uuid4().hex
     with FolderLock(sweep.out, token):
         spec = sweep.out / _SPEC_FILE  # the latest definition (cells of other grids stay on disk)

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 
 import pytest
 
 from labkit import pathways
-from labkit.cli import NOT_ON_THE_COMMAND_LINE, RENAMED, build_parser, config_from_args, main
+from labkit.cli import NOT_ON_THE_COMMAND_LINE, RENAMED, auto_workers, build_parser, config_from_args, main
 from labkit.feedback import FEEDBACK_KINDS
 from labkit.meta import MetaConfig
 from labkit.results import history_columns, read_config, read_history, read_theta
@@ -116,10 +117,14 @@ def test_discover_builds_its_config_from_metaconfigs_fields_by_name():
     fields = {f.name for f in dataclasses.fields(MetaConfig)}
     missing = fields - dests - set(RENAMED) - NOT_ON_THE_COMMAND_LINE
     assert not missing, f"MetaConfig fields without a flag: {missing}"
-    # no flag: MetaConfig's defaults, but for the short run of the main job
-    assert config_from_args(parser.parse_args(["discover"])) == MetaConfig(trials=4, episodes=200)
+    # no flag: MetaConfig's defaults, but for the short run of the main job, on a worker per core
+    assert config_from_args(parser.parse_args(["discover"])) == MetaConfig(trials=4, episodes=200,
+                                                                           workers=auto_workers(4, 200))
+    assert auto_workers(4, 200) == 1 and auto_workers(4, 20) == 1  # one chunk of 4 trials: one part
+    assert auto_workers(20, 600) == min(5, len(os.sched_getaffinity(0)))
     a = parser.parse_args(["discover", "--terms", "0,2", "--meta-lr", "1e-4", "--no-term-scaling", "--clip", "off",
-                           "--feedback", "drtp", "--hidden", "32,16", "--lambda", "0.5", "--rollback-explosive", "2"])
+                           "--feedback", "drtp", "--hidden", "32,16", "--lambda", "0.5", "--rollback-explosive", "2",
+                           "--workers", "1"])
     assert config_from_args(a) == MetaConfig(rule="0,2", meta_lr=1e-4, term_scaling=False, clip=None, feedback="drtp",
                                              hidden=(32, 16), lam=0.5, rollback_explosive=2, trials=4, episodes=200)
 

@@ -41,6 +41,10 @@ def test_trials_split_into_consecutive_parts_that_differ_by_at_most_one():
     assert split_trials(5, 2) == [[0, 1, 2], [3, 4]]
     assert split_trials(3, 8) == [[0], [1], [2]]
     assert sum(map(len, split_trials(20, 3))) == 20
+    # a compiled run splits between chunks only (each part batches trials as one process does)
+    assert split_trials(20, 2, chunk=4) == [list(range(12)), list(range(12, 20))]
+    assert split_trials(4, 2, chunk=4) == [[0, 1, 2, 3]]
+    assert split_trials(9, 2, chunk=4) == [list(range(8)), [8]]
 
 
 def test_a_run_split_over_workers_equals_the_one_process_run_bit_for_bit(tmp_path, cluster):
@@ -153,3 +157,34 @@ def test_a_folder_in_use_by_a_live_run_is_refused_and_a_dead_runs_lock_is_taken_
     assert not (folder / ".lock").exists()
     with FolderLock(folder, token="t1"):
         assert FolderLock(folder, token="t1").acquire().held  # the same run's task may take it over
+
+
+def test_an_interrupted_split_run_keeps_every_part_and_resumes_to_the_one_process_numbers(tmp_path, cluster,
+                                                                                         monkeypatch):
+    from labkit import runs
+
+    cfg = dict(episodes=120, checkpoint_every=50, compile=False)
+    serial = tmp_path / "serial"
+    discover(tiny(**cfg), serial, progress=False)
+    out = tmp_path / "cut"
+    polls = {"n": 0}
+    real_sleep = time.sleep
+
+    def ctrl_c_once_the_parts_are_under_way(seconds):
+        real_sleep(seconds)
+        if runs._last_episode(out / "parts" / "trials_0-2") >= 5:  # noqa: SLF001 - the test's clock
+            polls["n"] += 1
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs.time, "sleep", ctrl_c_once_the_parts_are_under_way)
+    with pytest.raises(KeyboardInterrupt):
+        discover(tiny(workers=2, **cfg), out, scheduler=cluster.scheduler_address, progress=False)
+    monkeypatch.setattr(runs.time, "sleep", real_sleep)
+    assert polls["n"] == 1
+    parts = sorted((out / "parts").glob("trials_*"))
+    stopped = [torch.load(p / "checkpoint.pt", weights_only=False)["episode"] for p in parts]
+    assert len(parts) == 2 and all(0 < e < 120 for e in stopped)  # each part saved where it stopped
+    rows = (out / "history.csv").read_text().splitlines()
+    assert len(rows) - 1 == 3 * stopped[0] + 2 * stopped[1]  # every completed episode merged
+    discover(tiny(workers=2, **cfg), out, resume=True, scheduler=cluster.scheduler_address, progress=False)
+    assert files(out) == files(serial)
