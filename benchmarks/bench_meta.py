@@ -114,6 +114,11 @@ def run_single(cfg: dict) -> dict:
         cluster = connect(workers)
         pool = cluster.__enter__()  # a Dask client of a local cluster, as discover --split episode
         chunking = MetaConfig(grad_mode=mode, compile=compile_, workers=workers)  # default chunk, as discover
+    chunk = int(cfg.get("chunk", 0))  # > 0 (one process): chunk trials at a time, as discover's serial path
+    if pool is None and chunk > 0:
+        from labkit.meta import MetaConfig, chunked_meta_gradient
+
+        chunking = MetaConfig(grad_mode=mode, compile=compile_, chunk=chunk)
 
     data_gen = torch.Generator().manual_seed(int(cfg["seed"]))
     weight_gens = [torch.Generator().manual_seed(int(cfg["seed"]) * 100_003 + 17 + i) for i in range(T)]
@@ -146,7 +151,7 @@ def run_single(cfg: dict) -> dict:
         """The measured unit; returns (total, init, meta_gradient, adam) seconds and the loss."""
         x_tr, y_tr, x_q, y_q = data
         sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         Ws = init_weights(sizes, weight_gens, dtype)
         Bs = init_feedback(feedback, sizes, weight_gens, dtype)
         if cuda:
@@ -155,7 +160,7 @@ def run_single(cfg: dict) -> dict:
         sync()
         t1 = time.perf_counter()
         ep = Episodic(Ws, Bs, feedback, rule, x_tr, y_tr, x_q, y_q)
-        if pool is None:
+        if pool is None and chunk <= 0:
             mg = meta_gradient(theta.detach(), ep, mode, compile=compile_)
         else:
             mg = chunked_meta_gradient(theta.detach(), ep, chunking, pool)
@@ -164,10 +169,10 @@ def run_single(cfg: dict) -> dict:
         theta.grad = mg.grad.to(theta.dtype)
         opt.step()
         sync()
-        t3 = time.perf_counter()
+        t3, c3 = time.perf_counter(), time.process_time()
         with torch.no_grad():
             theta.copy_(theta_start)
-        return (t3 - t0, t1 - t0, t2 - t1, t3 - t2), mg.loss
+        return (t3 - t0, t1 - t0, t2 - t1, t3 - t2, c3 - c0), mg.loss
 
     data = draw_data()
     if cuda:
@@ -204,6 +209,7 @@ def run_single(cfg: dict) -> dict:
         s_init_median=statistics.median(t[1] for t in times) / T,
         s_meta_gradient_median=statistics.median(t[2] for t in times) / T,
         s_adam_median=statistics.median(t[3] for t in times) / T,
+        cpu_s_per_trial_episode=statistics.median(t[4] for t in times) / T,  # CPU time of this process
         s_first_unit=first,
         rss_before_MB=rss_before / 2**20,
         peak_rss_MB=maxrss / 2**20,
