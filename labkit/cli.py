@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .feedback import FEEDBACK_KINDS
+from .feedback_terms import FEEDBACK_TERMS, NAMED_FEEDBACK_RULES
 from .meta import MetaConfig
 from .terms import N_TERMS, NAMED_RULES, TERMS
 
@@ -65,6 +66,14 @@ def _feedback_help(what: str) -> str:
     from . import pathways
 
     return f"{what}: " + ", ".join(f"{k} ({pathways.get(k).label})" for k in FEEDBACK_KINDS)
+
+
+def _feedback_rule_help() -> str:
+    names = "; ".join(f"{k} = {{{', '.join(map(str, v))}}}" for k, v in NAMED_FEEDBACK_RULES.items())
+    terms = "; ".join(f"{t.index} {t.name}: G = {t.equation}" for t in FEEDBACK_TERMS)
+    return ("make the feedback matrices plastic, B_l <- B_l + sum_s phi_s G^s, with phi meta-learned beside "
+            f"theta (starting at 0; feedback 'fa' only; docs/plastic-feedback.md): a name ({names}) or a list "
+            f"of feedback terms such as '0,1'. The terms: {terms}. Default: fixed feedback")
 
 
 def _workers(text: str) -> int | str:
@@ -191,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--terms", default=None, help=f"same as --rule with a list of term numbers, e.g. '0,2,9'; the terms: {terms}")
     d.add_argument("--feedback", default=None, choices=FEEDBACK_KINDS, metavar="PATHWAY",
                    help=_feedback_help("feedback pathway (default: from the rule, else fa)"))
+    d.add_argument("--feedback-rule", default=_default("feedback_rule"), metavar="RULE", help=_feedback_rule_help())
     d.add_argument("--episodes", type=int, default=_default("episodes"), help="meta-training episodes")
     d.add_argument("--trials", type=int, default=_default("trials"), help="independent trials, run batched")
     d.add_argument("--lam", "--lambda", dest="lam", type=float, default=None, help="L1 strength (default: 1e-3 for pool, else 0)")
@@ -234,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--remap-labels", action="store_true", help="label tasks 0..M-1 (M outputs) instead of dataset class ids")
     d.add_argument("--dtype", default=_default("dtype"), choices=("float32", "float64"))
     d.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default: all cores); with --workers, threads per worker (default: cores / workers)")
+                   help="torch threads per process (default 1, so that the numbers do not depend on the machine's "
+                        "cores or on --workers; more threads in one process change the last bits)")
     d.add_argument("--workers", type=_workers, default="auto",
                    help="run on a local Dask cluster of this many single-threaded worker processes, each "
                         "meta-training a part of the trials (docs/scale-out.md); 1: this process only; "
@@ -255,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--init-scale", type=_init_scale, default=None,
                    help="draw the forward weights at this multiple of the Xavier scale (default: a results "
                         "folder's init_scale, else 1)")
-    e.add_argument("--results", nargs="*", default=[], help="results folders whose final theta to evaluate")
+    e.add_argument("--results", nargs="*", default=[],
+                   help="results folders whose final theta (and phi, for plastic feedback) to evaluate")
     e.add_argument("--rule", action="append", default=[], help="a rule to evaluate with --theta (repeatable)")
     e.add_argument("--theta", action="append", type=_theta, default=[],
                    help=f"theta for the matching --rule: {N_TERMS} numbers, or one per term of the rule")
@@ -306,7 +318,8 @@ def cmd_discover(a: argparse.Namespace) -> int:
               CheckpointError, FolderBusyError, ClusterError)
     try:
         res = cfg.resolved()
-        out = a.out or f"runs/{str(rule).replace(',', '-')}_{res.feedback}_{a.dataset}_s{a.seed}"
+        fb_name = res.feedback + (f"+{res.feedback_rule.replace(',', '-')}" if res.feedback_rule else "")
+        out = a.out or f"runs/{str(rule).replace(',', '-')}_{fb_name}_{a.dataset}_s{a.seed}"
         probe = MetaTrainer(cfg, out=None)  # validates everything (and the data) before any work
     except errors as exc:
         return _fail(str(exc))
@@ -316,7 +329,9 @@ def cmd_discover(a: argparse.Namespace) -> int:
         where = f", on the Dask cluster at {address} (split: {a.split})"
     elif res.workers > 1:
         where = f", on {res.workers} local Dask workers (split: {a.split})"
-    print(f"labkit discover: rule {probe.rule.name} (terms {list(probe.terms)}), feedback {res.feedback}, "
+    plastic = (f" with plastic feedback {res.feedback_rule} (terms {list(probe.feedback_terms)}, phi from 0)"
+               if probe.feedback_terms else "")
+    print(f"labkit discover: rule {probe.rule.name} (terms {list(probe.terms)}), feedback {res.feedback}{plastic}, "
           f"{a.dataset} {a.M}-way K={a.K} Q={a.Q}, net {'-'.join(map(str, probe.sizes))}, "
           f"{res.trials} trials x {res.episodes} episodes, lambda={res.lam:g}, seed {a.seed}{where} -> {out}"
           + (" (resuming)" if a.resume else ""))
@@ -342,7 +357,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     import numpy as np
 
     from .data import CorruptDatasetError, DatasetNotFoundError
-    from .evaluation import evaluate_rule, load_theta_from_results
+    from .evaluation import evaluate_rule, load_phi_from_results, load_theta_from_results
     from .rules import make_rule
     from .stats import bootstrap_ci
 
@@ -352,8 +367,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
             theta, cfg = load_theta_from_results(folder)
             if len(theta) == 0:
                 return _fail(f"every trial in {folder} diverged; nothing to evaluate")
+            phi, fb_rule = load_phi_from_results(folder)  # (None, None): fixed feedback
             jobs.append((Path(folder).name, cfg["rule"], cfg["feedback"], theta, cfg.get("hidden", a.hidden),
-                         a.init_scale if a.init_scale is not None else cfg.get("init_scale", 1.0)))
+                         a.init_scale if a.init_scale is not None else cfg.get("init_scale", 1.0), phi, fb_rule))
             note = _transfer_note(folder, cfg, a.dataset)
             if note:
                 print(note, file=sys.stderr)
@@ -376,22 +392,23 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
                              f"or {N_TERMS}, got {len(vals)}")
             fb = a.feedback[k] if a.feedback else None
             jobs.append((f"{rule}" + (f"/{fb}" if fb else ""), rule, fb, theta, a.hidden,
-                         a.init_scale if a.init_scale is not None else 1.0))
+                         a.init_scale if a.init_scale is not None else 1.0, None, None))
         if not jobs:
             return _fail("nothing to evaluate: give --results FOLDER or --rule NAME --theta VALUES")
         report = {}
         Ks = list(a.K) if isinstance(a.K, (tuple, list)) else [a.K]
-        for label, rule, fb, theta, hidden, init_scale in jobs:
+        for label, rule, fb, theta, hidden, init_scale, phi, fb_rule in jobs:
+            plastic = dict(phi=phi, feedback_rule=fb_rule)
             if len(Ks) == 1:  # today's output: one line per rule, JSON {label: {...}}
                 accs = evaluate_rule(rule, theta, fb, a.dataset, a.data_root, hidden, a.M, Ks[0], a.Q, a.tasks,
-                                     a.seed, a.test_classes, a.input_scale, init_scale=init_scale)
+                                     a.seed, a.test_classes, a.input_scale, init_scale=init_scale, **plastic)
                 mean, lo, hi = bootstrap_ci(accs, seed=a.seed)
                 report[label] = {"mean": float(mean), "ci_low": float(lo), "ci_high": float(hi), "tasks": len(accs)}
                 print(f"{label:30s} query accuracy {100 * mean:5.1f}%  (98% CI {100 * lo:.1f}-{100 * hi:.1f}%, {len(accs)} tasks)")
                 continue
             # several K: one line per (rule, K); JSON {label: {"<K>": {..., "accuracy": per task}}}
             per_k = evaluate_rule(rule, theta, fb, a.dataset, a.data_root, hidden, a.M, Ks, a.Q, a.tasks,
-                                  a.seed, a.test_classes, a.input_scale, init_scale=init_scale)
+                                  a.seed, a.test_classes, a.input_scale, init_scale=init_scale, **plastic)
             report[label] = {}
             for K, accs in per_k.items():
                 mean, lo, hi = bootstrap_ci(accs, seed=a.seed)

@@ -31,7 +31,8 @@ import torch
 
 from . import __version__
 from .data import EpisodeSampler, load_dataset, split_classes, stack_episodes
-from .feedback import check_kind, init_feedback
+from .feedback import check_kind, check_plastic_feedback, init_feedback
+from .feedback_terms import FEEDBACK_TERM_NAMES, N_FEEDBACK_TERMS
 from .guards import ROLLBACK_SNAPSHOT, Guards
 from .learner import GRAD_MODES, Episodic, MetaGradient, meta_gradient
 from .metrics import alignment_angles, orthonormality, weight_angles
@@ -110,6 +111,18 @@ class MetaConfig:
     The guards' settings (``clip``, ``explosive``, ``skip_nonfinite``, ``patience``,
     ``rollback``, ``max_rollbacks``, ``rollback_explosive``) are explained in
     :mod:`labkit.guards`; ``l1``, ``warmup`` and ``term_scaling`` in :mod:`labkit.optim`.
+
+    ``feedback_rule`` (plastic feedback, docs/plastic-feedback.md): ``None`` (default) keeps the
+    feedback pathway's matrices fixed, as in the paper. Otherwise the feedback matrices learn
+    too, after every sample, ``B_l <- B_l + sum_s phi_s G^s``, with the terms G^s named by
+    ``feedback_rule`` (a name of :data:`labkit.feedback_terms.NAMED_FEEDBACK_RULES` such as
+    ``"kp"``, or a term list such as ``"0,1"``) and a second coefficient vector phi, shape
+    (T, N_FEEDBACK_TERMS), meta-learned beside theta. **phi starts at 0** in every trial (so
+    the first episode's inner loop is that of fixed feedback; phi's meta-gradient there is the
+    first-order effect of switching plasticity on). theta and phi form one coefficient vector
+    of the trainer (T, N_TERMS + N_FEEDBACK_TERMS): one Adam, the same guards, rollbacks, L1
+    (``lam``, ``l1``), warm-up and meta learning rate; phi's step is not rescaled by term
+    scaling (factor 1). Only pathways with free matrices standing for W^T accept it (``"fa"``).
     """
 
     dataset: str = "digits"
@@ -118,6 +131,10 @@ class MetaConfig:
     input_scale: float | str = "auto"
     rule: str | list = "pool"
     feedback: str | None = None  # a registered pathway; default: "bp" for rule "bp", "dfa" for "dfa", else "fa"
+    # plastic feedback (docs/plastic-feedback.md): None keeps the pathway's matrices fixed; else the
+    # feedback terms G^s that make them plastic, a name of labkit.feedback_terms ("kp", "ehebb",
+    # "oja", "pool") or a term list ("0,1"); their coefficients phi start at 0
+    feedback_rule: str | None = None
     hidden: tuple[int, ...] = HIDDEN_PAPER  # any depth: (100,) * 12 is 12 hidden layers of width 100
     init_scale: float = 1.0  # forward weights drawn at this multiple of the Xavier scale (labkit.networks.init_weights)
     M: int = 5
@@ -146,7 +163,7 @@ class MetaConfig:
     term_scaling: bool = True
     checkpoint_every: int = 25
     dtype: str = "float32"
-    threads: int | None = None
+    threads: int | None = None  # torch threads per process; None: 1 (numbers then do not depend on the cores)
     workers: int = 1  # processes computing meta-gradients of separate trial chunks (see chunked_meta_gradient)
 
     def resolved(self) -> "MetaConfig":
@@ -160,8 +177,14 @@ class MetaConfig:
             c.lam = DEFAULT_LAMBDA.get(rule_key, 0.0)
         if c.meta_lr is None:
             c.meta_lr = DEFAULT_META_LR.get(rule_key, 1e-3)
+        c.feedback_rule = _normalise_feedback_rule(c.feedback_rule)
+        feedback_terms = check_plastic_feedback(c.feedback, c.feedback_rule or ())  # unknown term, refused pathway
+        if not feedback_terms:
+            c.feedback_rule = None
         if c.warmup is None:
-            c.warmup = 20 if len(make_rule(c.rule, len(c.hidden) + 1).terms) > 1 else 0
+            # Adam's sign-sized first steps hit every meta-learned coefficient, phi's too
+            n_coef = len(make_rule(c.rule, len(c.hidden) + 1).terms) + len(feedback_terms)
+            c.warmup = 20 if n_coef > 1 else 0
         if isinstance(c.compile, str):
             key = c.compile.strip().lower()
             if key not in ("auto", "on", "off", "true", "false"):
@@ -202,6 +225,23 @@ class MetaConfig:
         return c
 
 
+def _normalise_feedback_rule(spec: Any) -> str | None:
+    """``MetaConfig.feedback_rule`` as stored: None for fixed feedback (None, ``""``, ``"none"``,
+    an empty list), else a stripped lower-case name or comma-separated list (a sequence of term
+    indices becomes ``"0,1"``). Validity is checked by :func:`labkit.feedback.check_plastic_feedback`."""
+    if spec is None:
+        return None
+    if isinstance(spec, (int, np.integer)):
+        spec = str(int(spec))
+    elif not isinstance(spec, str):
+        try:
+            spec = ",".join(str(int(s)) for s in spec)
+        except (TypeError, ValueError):
+            raise ValueError(f"feedback rule must be a name or a list of feedback terms, got {spec!r}") from None
+    key = spec.strip().lower()
+    return None if key in ("", "none") else key
+
+
 def _git_commit() -> str | None:
     """The commit of the labkit checkout, when it is a git checkout (for config.json)."""
     import subprocess
@@ -233,6 +273,8 @@ class RunSummary:
     episodes_done: int
     seconds: float
     history: list[dict] = field(default_factory=list)
+    phi: np.ndarray | None = None  # (T, N_FEEDBACK_TERMS) with plastic feedback, else None
+    feedback_terms: tuple[int, ...] = ()  # the plastic feedback terms (empty: fixed feedback)
 
     def text(self) -> str:
         mean, lo, hi = self.final_accuracy
@@ -246,6 +288,10 @@ class RunSummary:
             + ", ".join(f"theta_{r}={np.nanmean(self.theta[~self.diverged][:, r]):.2e}" for r in self.terms),
             f"surviving terms (|theta_r| > 1e-4): {kept}",
         ]
+        if self.phi is not None and self.feedback_terms:
+            lines.append("phi (mean over trials): " + ", ".join(
+                f"phi_{s}={np.nanmean(self.phi[~self.diverged][:, s]):.2e} ({FEEDBACK_TERM_NAMES[s]})"
+                for s in self.feedback_terms))
         if self.out is not None:
             lines.append(f"results in {self.out}")
         return "\n".join(lines)
@@ -253,16 +299,30 @@ class RunSummary:
 
 # ---------------------------------------------------------------------- trial chunks and workers
 def _worker_meta_gradient(theta: torch.Tensor, ep: Episodic, grad_mode: str, compile: bool,
-                          threads: int | None) -> MetaGradient:
+                          threads: int | None, phi: torch.Tensor | None = None) -> MetaGradient:
     from .workers import set_worker_threads
 
     set_worker_threads(threads)
-    return meta_gradient(theta, ep, grad_mode, compile=compile)
+    return _meta_gradient(theta, ep, grad_mode, compile, phi)
 
 
-def chunked_meta_gradient(theta: torch.Tensor, ep: Episodic, c: MetaConfig, client=None) -> MetaGradient:
+def _meta_gradient(theta: torch.Tensor, ep: Episodic, grad_mode: str, compile: bool,
+                   phi: torch.Tensor | None) -> MetaGradient:
+    """:func:`labkit.learner.meta_gradient`, called exactly as before plastic feedback when
+    ``phi`` is None (stand-ins that tests put in its place know no ``phi``)."""
+    if phi is None:
+        return meta_gradient(theta, ep, grad_mode, compile=compile)
+    return meta_gradient(theta, ep, grad_mode, compile=compile, phi=phi)
+
+
+def chunked_meta_gradient(theta: torch.Tensor, ep: Episodic, c: MetaConfig, client=None,
+                          phi: torch.Tensor | None = None) -> MetaGradient:
     """The meta-gradient of T trials, computed ``c.chunk`` trials at a time (settings
     ``c.grad_mode``, ``c.compile``, ``c.chunk`` and ``c.workers`` of a :class:`MetaConfig`).
+
+    ``phi`` (T, N_FEEDBACK_TERMS): the feedback terms' coefficients when ``ep.feedback_terms``
+    makes the feedback plastic (else None); it is cut into the same chunks as theta, and the
+    result's ``phi_grad`` (T, N_FEEDBACK_TERMS) and adapted ``Bs`` are put back together.
 
     Trials are independent, so chunking changes no number (tested); it changes speed: the
     inner loop streams every trial's weights through the cache at every step, and past a few
@@ -279,7 +339,7 @@ def chunked_meta_gradient(theta: torch.Tensor, ep: Episodic, c: MetaConfig, clie
     if pool is None or c.compile:
         # compiled kernels are made per batch size: the chunks of one process, whatever the workers
         if pool is None and T <= c.chunk:
-            return meta_gradient(theta, ep, c.grad_mode, compile=c.compile)
+            return _meta_gradient(theta, ep, c.grad_mode, c.compile, phi)
         bounds = [(a, min(T, a + c.chunk)) for a in range(0, T, c.chunk)]
     else:
         # as many chunks as keep every worker busy to the end: a multiple of the workers,
@@ -295,15 +355,15 @@ def chunked_meta_gradient(theta: torch.Tensor, ep: Episodic, c: MetaConfig, clie
             ep, Ws=[cut(W) for W in ep.Ws], Bs=[cut(B) for B in ep.Bs], x_train=cut(ep.x_train),
             y_train=cut(ep.y_train), x_query=cut(ep.x_query), y_query=cut(ep.y_query),
         )
-        subs.append((cut(theta), sub))
+        subs.append((cut(theta), sub, None if phi is None else cut(phi)))
     if pool is None:
-        parts = [meta_gradient(th, sub, c.grad_mode, compile=c.compile) for th, sub in subs]
+        parts = [_meta_gradient(th, sub, c.grad_mode, c.compile, ph) for th, sub, ph in subs]
     else:
         from distributed import KilledWorker
 
         try:
-            futures = [pool.submit(_worker_meta_gradient, th, sub, c.grad_mode, c.compile, c.threads, pure=False)
-                       for th, sub in subs]
+            futures = [pool.submit(_worker_meta_gradient, th, sub, c.grad_mode, c.compile, c.threads, ph, pure=False)
+                       for th, sub, ph in subs]
             parts = [f.result() for f in futures]
         except KilledWorker as err:
             raise RuntimeError(
@@ -311,9 +371,12 @@ def chunked_meta_gradient(theta: torch.Tensor, ep: Episodic, c: MetaConfig, clie
                 "the last completed episode are kept: continue with --resume, with fewer --workers "
                 "(or 1) if it happens again"
             ) from err
+    plastic = parts[0].phi_grad is not None
     return MetaGradient(
         torch.cat([p.loss for p in parts]), torch.cat([p.accuracy for p in parts]),
         torch.cat([p.grad for p in parts]), [torch.cat(ws) for ws in zip(*(p.Ws for p in parts))],
+        torch.cat([p.phi_grad for p in parts]) if plastic else None,
+        [torch.cat(bs) for bs in zip(*(p.Bs for p in parts))] if plastic else None,
     )
 
 
@@ -321,16 +384,19 @@ def chunked_meta_gradient(theta: torch.Tensor, ep: Episodic, c: MetaConfig, clie
 def slice_state(state: dict, rows: Sequence[int]) -> dict:
     """The checkpoint state of a run restricted to the trials at positions ``rows``.
 
-    Every per-trial tensor (theta, Adam's moments and step counts, the guards' state) is cut
-    along its first axis; the guards' count of guarded steps, a total, stays with the part
-    that holds position 0, so that :func:`merge_states` adds it back up.
+    Every per-trial tensor (theta, phi when the feedback is plastic, Adam's moments and step
+    counts, the guards' state) is cut along its first axis; the guards' count of guarded
+    steps, a total, stays with the part that holds position 0, so that :func:`merge_states`
+    adds it back up.
     """
     idx = torch.as_tensor(list(rows), dtype=torch.long)
     guards = {k: (v[idx].clone() if torch.is_tensor(v) else v) for k, v in state["guards"].items()}
     guards["guarded_steps"] = state["guards"]["guarded_steps"] if 0 in list(rows) else 0
     trials = state.get("trials", list(range(len(state["task_gens"]))))
+    extra = {"phi": state["phi"][idx].clone()} if state.get("phi") is not None else {}
     return {
         **state,
+        **extra,
         "theta": state["theta"][idx].clone(),
         "adam": {k: v[idx].clone() for k, v in state["adam"].items()},
         "task_gens": [state["task_gens"][i] for i in rows],
@@ -349,6 +415,7 @@ def merge_states(states: Sequence[dict]) -> dict:
     order = sorted(range(len(states)), key=lambda k: min(states[k]["trials"]))
     sts = [states[k] for k in order]
     first = sts[0]
+    extra = {"phi": torch.cat([s["phi"] for s in sts])} if first.get("phi") is not None else {}
     guards = {}
     for k, v in first["guards"].items():
         guards[k] = torch.cat([s["guards"][k] for s in sts]) if torch.is_tensor(v) else sum(
@@ -362,6 +429,7 @@ def merge_states(states: Sequence[dict]) -> dict:
         "weight_gens": [g for s in sts for g in s["weight_gens"]],
         "guards": guards,
         "trials": [i for s in sts for i in s["trials"]],
+        **extra,
     }
 
 
@@ -378,6 +446,14 @@ class MetaTrainer:
     (:class:`labkit.guards.Guards`: every per-trial guard counter, the rollback snapshots,
     which trials stopped), ``episode`` (episodes begun), each trial's generators
     ``task_gens`` and ``weight_gens``.
+
+    With plastic feedback (``config.feedback_rule``), also ``phi`` (T, N_FEEDBACK_TERMS),
+    starting at 0 (None with fixed feedback), and ``feedback_terms``, the active G^s. theta and
+    phi are then one coefficient vector to the optimiser and the guards,
+    ``[theta | phi]`` (T, N_TERMS + N_FEEDBACK_TERMS) (:meth:`coefficients`): Adam's moments,
+    the rollback snapshots, the norm the explosive guard judges, the L1 penalty, the warm-up
+    and the mask of active coefficients cover both; phi's step has scale 1 (no term scaling).
+    With fixed feedback everything is exactly as before (theta alone).
     """
 
     def __init__(self, config: MetaConfig, out: str | os.PathLike | None = None, resume: bool = False,
@@ -405,17 +481,21 @@ class MetaTrainer:
         self.terms = self.rule.terms
         self.active = torch.zeros(N_TERMS, dtype=torch.bool)
         self.active[list(self.terms)] = True
+        self.feedback_terms: tuple[int, ...] = check_plastic_feedback(c.feedback, c.feedback_rule or ())
         T = len(self.trial_ids)
+        n_coef = N_TERMS + (N_FEEDBACK_TERMS if self.feedback_terms else 0)
         self.term_scale = torch.ones(N_TERMS, dtype=self.dtype)
         if c.term_scaling and len(self.terms) > 1:
             self.term_scale = term_scales(self.sampler, self.sizes, c.feedback, c.theta0, c.seed).to(self.dtype)
         self.theta = torch.zeros(T, N_TERMS, dtype=self.dtype)
         self.theta[:, 0] = c.theta0
-        self.adam = MaskedAdam((T, N_TERMS), c.meta_lr, dtype=self.dtype)
+        self.phi: torch.Tensor | None = (torch.zeros(T, N_FEEDBACK_TERMS, dtype=self.dtype)
+                                         if self.feedback_terms else None)
+        self.adam = MaskedAdam((T, n_coef), c.meta_lr, dtype=self.dtype)
         gens = [trial_generators(c.seed, i) for i in self.trial_ids]
         self.task_gens = [g[0] for g in gens]
         self.weight_gens = [g[1] for g in gens]
-        self.guards = Guards.from_config(c, N_TERMS, self.dtype, trials=T)
+        self.guards = Guards.from_config(c, n_coef, self.dtype, trials=T)
         self.episode = 0
         self.out = Path(out) if out is not None else None
         self._consistent: dict | None = None
@@ -440,7 +520,8 @@ class MetaTrainer:
             try:
                 if resume:
                     self._load_checkpoint(ckpt)
-                self.writer = HistoryWriter(self.out, self.L, truncate_after_episode=self.episode)
+                self.writer = HistoryWriter(self.out, self.L, truncate_after_episode=self.episode,
+                                            plastic_feedback=bool(self.feedback_terms))
                 write_config(self.out, self.config_record())
             except BaseException:
                 self.lock.release()
@@ -467,6 +548,34 @@ class MetaTrainer:
         """(T,): each trial's rollbacks so far."""
         return self.guards.rollbacks
 
+    # ------------------------------------------------------------------ theta and phi as one vector
+    def coefficients(self) -> torch.Tensor:
+        """What the optimiser and the guards move: ``theta`` (T, N_TERMS) itself with fixed
+        feedback, else a new tensor ``[theta | phi]`` (T, N_TERMS + N_FEEDBACK_TERMS)."""
+        return self.theta if self.phi is None else torch.cat([self.theta, self.phi], dim=1)
+
+    def _set_coefficients(self, coef: torch.Tensor) -> None:
+        if self.phi is None:
+            self.theta = coef
+        else:
+            self.theta, self.phi = coef[:, :N_TERMS].clone(), coef[:, N_TERMS:].clone()
+
+    def active_coefficients(self) -> torch.Tensor:
+        """(R,) bool: which coefficients of :meth:`coefficients` are meta-learned (the rule's
+        terms, then the plastic feedback terms); the others keep exact zero gradients."""
+        if self.phi is None:
+            return self.active
+        fb = torch.zeros(N_FEEDBACK_TERMS, dtype=torch.bool)
+        fb[list(self.feedback_terms)] = True
+        return torch.cat([self.active, fb])
+
+    def coefficient_scale(self) -> torch.Tensor:
+        """(R,): the multipliers of each coefficient's Adam step, ``term_scale`` for theta
+        (:func:`labkit.optim.term_scales`) and 1 for phi."""
+        if self.phi is None:
+            return self.term_scale
+        return torch.cat([self.term_scale, torch.ones(N_FEEDBACK_TERMS, dtype=self.term_scale.dtype)])
+
     # ------------------------------------------------------------------ records
     def config_record(self) -> dict:
         d = dataclasses.asdict(self.config)
@@ -487,6 +596,8 @@ class MetaTrainer:
                 "git_commit": _git_commit(),
             },
         )
+        if self.feedback_terms:  # plastic feedback only: fixed-feedback records keep their keys
+            d["feedback_terms"] = list(self.feedback_terms)
         return d
 
     def checkpoint_state(self) -> dict:
@@ -494,6 +605,7 @@ class MetaTrainer:
         return {
             "episode": self.episode,
             "theta": self.theta.clone(),
+            **({"phi": self.phi.clone()} if self.phi is not None else {}),
             "adam": {k: v.clone() for k, v in self.adam.state_dict().items()},
             "task_gens": [g.get_state() for g in self.task_gens],
             "weight_gens": [g.get_state() for g in self.weight_gens],
@@ -561,6 +673,8 @@ class MetaTrainer:
             )
         self.episode = episode
         self.theta = s["theta"]
+        if self.phi is not None:
+            self.phi = s["phi"]  # present: the settings (feedback_rule) matched above
         self.adam.load_state_dict(s["adam"])
         for g, st in zip(self.task_gens, s["task_gens"]):
             g.set_state(st)
@@ -594,7 +708,7 @@ class MetaTrainer:
                 for g, st in zip(gens, saved):
                     g.set_state(st)
         return Episodic(Ws, Bs, c.feedback, self.rule, ep.x_train.to(self.dtype), ep.y_train,
-                        ep.x_query.to(self.dtype), ep.y_query, BETA)
+                        ep.x_query.to(self.dtype), ep.y_query, BETA, feedback_terms=self.feedback_terms)
 
     def step(self) -> list[dict]:
         """Run one meta-training episode for every live trial; returns the history rows."""
@@ -606,27 +720,35 @@ class MetaTrainer:
         idx = torch.tensor(live)
         ep = self.draw(live)
         theta = self.theta[idx]
-        mg = chunked_meta_gradient(theta, ep, c, self._pool)
-        active = self.active.to(self.dtype)
-        grad = (mg.grad + l1_subgradient(theta, c.lam, c.l1)) * active
-        verdict = self.guards.screen(idx, mg.loss, grad, self.episode, self.theta, self.adam)
+        phi = None if self.phi is None else self.phi[idx]
+        mg = chunked_meta_gradient(theta, ep, c, self._pool, phi=phi)
+        # theta alone, or with plastic feedback [theta | phi]: one coefficient vector from here on
+        coef = self.coefficients()  # (T, R); with fixed feedback self.theta itself
+        mine = theta if phi is None else torch.cat([theta, phi], dim=1)
+        g = mg.grad if phi is None else torch.cat([mg.grad, mg.phi_grad], dim=1)
+        active = self.active_coefficients().to(self.dtype)
+        grad = (g + l1_subgradient(mine, c.lam, c.l1)) * active
+        verdict = self.guards.screen(idx, mg.loss, grad, self.episode, coef, self.adam)
         notes = verdict.notes
         # (T, R): warm-up x term scaling x each trial's rollback factor
-        lr_scale = warmup_factor(self.episode, c.warmup) * self.term_scale * self.guards.lr_factor[:, None]
+        lr_scale = warmup_factor(self.episode, c.warmup) * self.coefficient_scale() * self.guards.lr_factor[:, None]
         # One Adam over all trials; stopped trials and refused steps are simply masked out.
-        full_grad = torch.zeros_like(self.theta)
+        full_grad = torch.zeros_like(coef)
         full_grad[idx] = grad
         full_take = torch.zeros(len(self.trial_ids), dtype=torch.bool)
         full_take[idx] = verdict.take
-        self.theta = self.adam.step(self.theta, full_grad, full_take, lr_scale)
+        coef = self.adam.step(coef, full_grad, full_take, lr_scale)
         if c.l1 == "proximal" and c.lam > 0:
-            self.theta = l1_proximal(self.theta, self.adam.lr * lr_scale, c.lam, full_take[:, None] & (active > 0))
-        self.guards.after_step(self.episode, idx, self.theta, self.adam)
+            coef = l1_proximal(coef, self.adam.lr * lr_scale, c.lam, full_take[:, None] & (active > 0))
+        self.guards.after_step(self.episode, idx, coef, self.adam)
+        self._set_coefficients(coef)
 
-        # measurements on the query batch with the adapted weights
+        # measurements on the query batch with the adapted weights (and, when the feedback is
+        # plastic, the adapted feedback matrices: those the errors went through at the end)
+        Bs = ep.Bs if mg.Bs is None else mg.Bs
         with torch.no_grad():
-            alpha = alignment_angles(mg.Ws, ep.Bs, c.feedback, ep.x_query, ep.y_query)
-            wang = weight_angles(mg.Ws, ep.Bs, c.feedback)
+            alpha = alignment_angles(mg.Ws, Bs, c.feedback, ep.x_query, ep.y_query)
+            wang = weight_angles(mg.Ws, Bs, c.feedback)
             ortho = orthonormality(mg.Ws, ep.x_query)
         rows = []
         for j, i in enumerate(live):
@@ -640,6 +762,8 @@ class MetaTrainer:
             }
             for r in self.terms:
                 row[f"theta_{r}"] = float(theta[j, r])
+            for s in self.feedback_terms:
+                row[f"phi_{s}"] = float(phi[j, s])
             for l in range(self.L - 1):
                 row[f"alpha_{l + 1}"] = float(alpha[j, l])
             for l in range(self.L):
@@ -660,8 +784,10 @@ class MetaTrainer:
         Raises :class:`DivergenceError` only if every trial diverged (results so far are kept).
         """
         c = self.config
-        if c.threads:
-            torch.set_num_threads(c.threads)
+        # one thread unless asked: a matrix product split over threads rounds differently, so a
+        # fixed count makes the numbers independent of the machine's cores and of --workers
+        threads_before = torch.get_num_threads()
+        torch.set_num_threads(c.threads or 1)
         start = time.perf_counter()
         history: list[dict] = []
         target = c.episodes if stop_after is None else min(c.episodes, self.episode + stop_after)
@@ -712,9 +838,11 @@ class MetaTrainer:
             if self.out is not None:
                 st = self._consistent
                 self.save_checkpoint(st)
-                write_theta(self.out, st["theta"].numpy(), self.terms, st["guards"]["stopped"].numpy(), seed=c.seed)
+                write_theta(self.out, st["theta"].numpy(), self.terms, st["guards"]["stopped"].numpy(), seed=c.seed,
+                            **self._phi_record(st.get("phi")))
             raise
         finally:
+            torch.set_num_threads(threads_before)
             self._pool = None
             if own_cluster is not None:
                 own_cluster.__exit__(None, None, None)
@@ -724,7 +852,8 @@ class MetaTrainer:
             bar.close()
         summary = self.summary(time.perf_counter() - start, history)
         if self.out is not None:
-            write_theta(self.out, self.theta.numpy(), self.terms, self.stopped.numpy(), seed=c.seed)
+            write_theta(self.out, self.theta.numpy(), self.terms, self.stopped.numpy(), seed=c.seed,
+                        **self._phi_record(self.phi))
             self.save_checkpoint()
         if bool(self.stopped.all()):
             first = int(self.guards.diverged_at[self.stopped].min())
@@ -750,4 +879,11 @@ class MetaTrainer:
         else:
             fa = (float("nan"),) * 3
         return RunSummary(self.out, self.theta.numpy().copy(), self.terms, self.stopped.numpy().copy(), fa,
-                          self.guarded_steps, self.episode, seconds, history)
+                          self.guarded_steps, self.episode, seconds, history,
+                          None if self.phi is None else self.phi.numpy().copy(), self.feedback_terms)
+
+    def _phi_record(self, phi: torch.Tensor | None) -> dict:
+        """write_theta's phi arguments: none with fixed feedback (theta.json as before)."""
+        if phi is None or not self.feedback_terms:
+            return {}
+        return {"phi": phi.numpy(), "feedback_terms": self.feedback_terms}

@@ -28,6 +28,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from .feedback_terms import FEEDBACK_TERMS
 from .results import history_n_layers, pivot_trials, read_config, read_history
 from .stats import bootstrap_ci, smooth
 from .terms import TERMS
@@ -43,6 +44,9 @@ __all__ = [
     "plot_meta_curves",
     "plot_theta_trajectories",
     "plot_theta_panels",
+    "phi_label",
+    "active_feedback_terms",
+    "plot_phi_trajectories",
     "plot_alignment",
     "plot_orthonormality",
     "plot_online_curves",
@@ -60,6 +64,9 @@ _YLABELS = {
 }
 _LINESTYLES = ["-", "--", ":", "-."]
 _THETA_COLUMN = re.compile(r"theta_(\d+)$")
+_PHI_COLUMN = re.compile(r"phi_(\d+)$")
+#: Short legend label of each feedback term (plastic feedback), by index.
+_FEEDBACK_SHORT: dict[int, str] = {t.index: t.short for t in FEEDBACK_TERMS}
 #: Legend of one axes: outside, right of its data area (constrained layout or
 #: ``bbox_inches="tight"`` make room for it).
 _OUTSIDE_RIGHT = dict(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
@@ -124,6 +131,13 @@ def theta_label(r: int) -> str:
     the term table does not list."""
     name = TERM_NAMES.get(r)
     return rf"$\theta_{{{r}}}$ {name}" if name else rf"$\theta_{{{r}}}$"
+
+
+def phi_label(s: int) -> str:
+    """Legend label of phi_s (a feedback term's coefficient, plastic feedback): symbol and
+    short name, or the symbol alone for an index the feedback term table does not list."""
+    name = _FEEDBACK_SHORT.get(s)
+    return rf"$\phi_{{{s}}}$ {name}" if name else rf"$\phi_{{{s}}}$"
 
 
 def curve_with_band(
@@ -204,6 +218,31 @@ def active_terms(df: pd.DataFrame) -> list[int]:
     return sorted(out)
 
 
+def active_feedback_terms(df: pd.DataFrame) -> list[int]:
+    """Feedback terms s whose ``phi_s`` column has at least one value, in index order; empty
+    for a run whose feedback was fixed (its history has no phi columns)."""
+    out = []
+    for c in df.columns:
+        m = _PHI_COLUMN.match(str(c))
+        if m and pd.to_numeric(df[c], errors="coerce").notna().any():
+            out.append(int(m.group(1)))
+    return sorted(out)
+
+
+def _phi_colors(terms: Sequence[int]) -> dict[int, tuple]:
+    """A fixed colour per feedback term index (another palette than theta's terms)."""
+    n = max([len(FEEDBACK_TERMS), *(s + 1 for s in terms)])
+    palette = sns.color_palette("Dark2", n)
+    return {s: palette[s] for s in terms}
+
+
+# what each kind of coefficient is called and drawn with: (column prefix, active terms, label, colours)
+_KINDS = {
+    "theta": ("theta", lambda df: active_terms(df), lambda r: theta_label(r), lambda ts: _term_colors(ts)),
+    "phi": ("phi", lambda df: active_feedback_terms(df), lambda s: phi_label(s), lambda ts: _phi_colors(ts)),
+}
+
+
 def _term_colors(terms: Sequence[int]) -> dict[int, tuple]:
     """A fixed colour per term index (the same term has the same colour in every figure)."""
     n = max([len(TERMS), *(r + 1 for r in terms)])
@@ -254,12 +293,38 @@ def plot_theta_trajectories(
     return ax
 
 
-def _theta_panel(ax: Axes, df: pd.DataFrame, r: int, color, window: int, **band_kw) -> None:
-    """theta_r of one run on its own axes, with its own y scale and the zero line."""
-    eps, vals, _ = pivot_trials(df, f"theta_{r}")
-    curve_with_band(ax, eps, vals, theta_label(r), color=color, window=window, **band_kw)
+def plot_phi_trajectories(
+    df: pd.DataFrame,
+    ax: Axes | None = None,
+    window: int = 1,
+    level: float = 0.98,
+    n_resamples: int = 500,
+) -> Axes:
+    """All plastic feedback terms of a run on one axes: phi_s against episode, mean over
+    trials with a bootstrap band (a run with plastic feedback, docs/plastic-feedback.md;
+    nothing is drawn for one whose feedback was fixed). The legend names each term."""
+    ax = _axes(ax)
+    terms = active_feedback_terms(df)
+    colors = _phi_colors(terms)
+    for s in terms:
+        eps, vals, _ = pivot_trials(df, f"phi_{s}")
+        curve_with_band(ax, eps, vals, phi_label(s), color=colors[s], window=window, level=level,
+                        n_resamples=n_resamples)
     ax.axhline(0.0, color="0.5", linewidth=0.8, zorder=0)
-    ax.set_ylabel(theta_label(r), fontsize="small")
+    ax.set_xlabel("episode")
+    ax.set_ylabel(r"$\phi_s$")
+    _legend(ax)
+    return ax
+
+
+def _theta_panel(ax: Axes, df: pd.DataFrame, r: int, color, window: int, kind: str = "theta", **band_kw) -> None:
+    """theta_r (or, with ``kind="phi"``, phi_r) of one run on its own axes, with its own y
+    scale and the zero line."""
+    column, _, label, _ = _KINDS[kind]
+    eps, vals, _ = pivot_trials(df, f"{column}_{r}")
+    curve_with_band(ax, eps, vals, label(r), color=color, window=window, **band_kw)
+    ax.axhline(0.0, color="0.5", linewidth=0.8, zorder=0)
+    ax.set_ylabel(label(r), fontsize="small")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3), useMathText=True)
     ax.yaxis.get_offset_text().set_fontsize("x-small")
     ax.tick_params(labelsize="small")
@@ -459,17 +524,19 @@ def _n_ways(folder: Path) -> int:
         return DEFAULT_WAYS
 
 
-def _theta_figure(runs: Mapping[str, pd.DataFrame], title: str, window: int = 1) -> Figure:
+def _theta_figure(runs: Mapping[str, pd.DataFrame], title: str, window: int = 1, kind: str = "theta") -> Figure:
     """theta.png: one row per term active in any run, one column per run; a panel per
     (term, run) where the run has that term (the others are left out), each with its own y
-    scale, x shared within a run's column."""
-    terms = sorted({r for df in runs.values() for r in active_terms(df)})
+    scale, x shared within a run's column. ``kind="phi"``: the same for the feedback terms'
+    coefficients phi_s (phi.png)."""
+    column, active, _, palette = _KINDS[kind]
+    terms = sorted({r for df in runs.values() for r in active(df)})
     rows, cols = max(1, len(terms)), len(runs)
     fig = Figure(figsize=(max(6.4, 4.3 * cols), 1.0 + 1.45 * rows), layout="constrained")
     grid = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
-    colors = _term_colors(terms)
+    colors = palette(terms)
     for j, (name, df) in enumerate(runs.items()):
-        mine = active_terms(df)
+        mine = active(df)
         used = [grid[i, j] for i, r in enumerate(terms) if r in mine]
         for i, r in enumerate(terms):
             ax = grid[i, j]
@@ -478,7 +545,7 @@ def _theta_figure(runs: Mapping[str, pd.DataFrame], title: str, window: int = 1)
                 continue
             if ax is not used[0]:
                 ax.sharex(used[0])
-            _theta_panel(ax, df, r, colors[r], window)
+            _theta_panel(ax, df, r, colors[r], window, kind)
             if ax is not used[-1]:
                 ax.tick_params(labelbottom=False)
         if used:
@@ -487,7 +554,7 @@ def _theta_figure(runs: Mapping[str, pd.DataFrame], title: str, window: int = 1)
             used[-1].set_xlabel("episode")
         else:
             grid[0, j].set_visible(True)
-            grid[0, j].text(0.5, 0.5, f"{name}: no theta values", ha="center", va="center",
+            grid[0, j].text(0.5, 0.5, f"{name}: no {column} values", ha="center", va="center",
                             transform=grid[0, j].transAxes)
     fig.suptitle(title, fontsize="medium")
     return fig
@@ -508,8 +575,10 @@ def figures_from_results(
     ``{prefix}meta_accuracy.png`` (with the chance line 1/M), ``{prefix}meta_loss.png``,
     ``{prefix}theta.png`` (one panel per active term and run, each on its own scale),
     ``{prefix}alignment.png`` and ``{prefix}orthonormality.png`` (one panel per layer,
-    runs compared within a panel, one legend below the panels). Titles give the number
-    of trials and episodes. ``labels`` name the runs (default: folder names).
+    runs compared within a panel, one legend below the panels), and, when a run had plastic
+    feedback (``phi_s`` columns with values), ``{prefix}phi.png`` (one panel per plastic
+    feedback term and run, like theta.png). Titles give the number of trials and episodes.
+    ``labels`` name the runs (default: folder names).
 
     Returns the paths written.
     """
@@ -545,6 +614,9 @@ def figures_from_results(
             save(fig, column)
 
         save(_theta_figure(runs, rf"Plasticity coefficients $\theta_r$, each on its own scale ({band})"), "theta")
+        if any(active_feedback_terms(df) for df in runs.values()):
+            save(_theta_figure(runs, rf"Feedback coefficients $\phi_s$, each on its own scale ({band})",
+                               kind="phi"), "phi")
 
         for prefix_col, name, plot in (("alpha", "alignment", plot_alignment),
                                        ("ortho", "orthonormality", plot_orthonormality)):

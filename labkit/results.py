@@ -6,11 +6,13 @@ retraining. Layout of a run folder::
     history.csv   one row per (trial, episode), columns from history_columns(L)
     config.json   every setting, seed, versions (written by the caller)
     theta.json    final theta per trial, mean and bootstrap CI over non-diverged trials
+                  (and, for a run with plastic feedback, the same for phi under "phi")
 
 The numbers reported about a run are computed here, once: :func:`final_accuracies` /
 :func:`final_accuracy` (the "final meta-accuracy" of the README, the run summary, the
 notebooks and ``scripts/summarize.py``) and :func:`theta_matrix` (the final theta of every
-trial as a ``(T, N_TERMS)`` array).
+trial as a ``(T, N_TERMS)`` array), :func:`phi_matrix` (the final phi of a run with plastic
+feedback as a ``(T, N_FEEDBACK_TERMS)`` array, None for fixed feedback).
 
 Nothing here imports torch; tensors are accepted wherever they convert with ``float``
 or have ``.detach()``.
@@ -30,6 +32,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from .feedback_terms import FEEDBACK_TERM_NAMES, N_FEEDBACK_TERMS
 from .stats import bootstrap_ci
 from .terms import N_TERMS, theta_columns
 
@@ -39,6 +42,7 @@ __all__ = [
     "CONFIG_FILE",
     "THETA_FILE",
     "history_columns",
+    "phi_columns",
     "HistoryWriter",
     "read_history",
     "history_n_layers",
@@ -48,11 +52,13 @@ __all__ = [
     "read_config",
     "write_theta",
     "read_theta",
+    "read_phi",
     "FINAL_EPISODES",
     "final_values",
     "final_accuracies",
     "final_accuracy",
     "theta_matrix",
+    "phi_matrix",
     "FolderBusyError",
     "FolderLock",
     "check_writable",
@@ -71,11 +77,18 @@ _EXACT_FLOATS = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precis
 # --------------------------------------------------------------------------- history
 
 
-def history_columns(n_layers: int) -> list[str]:
+def phi_columns() -> list[str]:
+    """``phi_0 .. phi_3``: the history columns of the feedback terms' coefficients
+    (:mod:`labkit.feedback_terms`), written by runs with plastic feedback only."""
+    return [f"phi_{s}" for s in range(N_FEEDBACK_TERMS)]
+
+
+def history_columns(n_layers: int, plastic_feedback: bool = False) -> list[str]:
     """Columns of ``history.csv``, in order, for a net with ``n_layers`` weight layers.
 
     ``trial, episode, meta_loss, meta_accuracy, theta_0..theta_9, alpha_1..alpha_{L-1},
-    weight_angle_1..weight_angle_L, ortho_1..ortho_L, guarded, diverged``.
+    weight_angle_1..weight_angle_L, ortho_1..ortho_L, guarded, diverged``; with
+    ``plastic_feedback``, ``phi_0..phi_3`` follow ``theta_9`` (a fixed-feedback run has none).
     """
     if n_layers < 1:
         raise ValueError(f"n_layers must be >= 1, got {n_layers}")
@@ -83,6 +96,7 @@ def history_columns(n_layers: int) -> list[str]:
     return (
         ["trial", "episode", "meta_loss", "meta_accuracy"]
         + theta_columns()
+        + (phi_columns() if plastic_feedback else [])
         + [f"alpha_{l}" for l in range(1, L)]
         + [f"weight_angle_{l}" for l in range(1, L + 1)]
         + [f"ortho_{l}" for l in range(1, L + 1)]
@@ -127,6 +141,7 @@ class HistoryWriter:
             keep only existing rows with ``episode <= N`` (rows written after the
             checkpoint would otherwise appear twice), then append. ``0`` starts an
             empty history; ``None`` keeps every existing row.
+        plastic_feedback: add the ``phi_s`` columns (a run with plastic feedback).
 
     Raises:
         ValueError: an existing file has a different header (e.g. another L).
@@ -137,9 +152,10 @@ class HistoryWriter:
         path: str | os.PathLike,
         n_layers: int,
         truncate_after_episode: int | None = None,
+        plastic_feedback: bool = False,
     ) -> None:
         self.path = _history_path(path)
-        self.columns = history_columns(n_layers)
+        self.columns = history_columns(n_layers, plastic_feedback)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() and self.path.stat().st_size > 0:
             self._prepare_existing(truncate_after_episode)
@@ -496,6 +512,8 @@ def write_theta(
     level: float = 0.98,
     n_resamples: int = 500,
     seed: int = 0,
+    phi: Any = None,
+    feedback_terms: Iterable[int] | None = None,
 ) -> dict:
     """Write ``folder/theta.json``: final theta per trial, mean and bootstrap CI.
 
@@ -505,11 +523,17 @@ def write_theta(
         diverged: ``(T,)`` flags; diverged trials are listed but left out of the
             mean and CI (so are trials whose theta is not finite).
         level, n_resamples, seed: of the percentile bootstrap (see stats.bootstrap_ci).
+        phi, feedback_terms: a run with plastic feedback: ``(T, N_FEEDBACK_TERMS)`` final
+            feedback coefficients and the active feedback terms s. Both or neither.
 
     Returns the dict written: ``terms``, ``per_trial`` (rows aligned with ``terms``),
     ``diverged``, ``mean``/``ci_low``/``ci_high`` (keyed ``theta_r``), ``level``,
     ``n_resamples``, ``n_trials_used``. Non-finite numbers are written as null (the
-    returned dict keeps them as NaN, as read_theta does).
+    returned dict keeps them as NaN, as read_theta does). With ``phi``, also ``phi``: a dict
+    of the same form for the feedback coefficients (``terms``, ``names``, ``per_trial``,
+    ``mean``/``ci_low``/``ci_high`` keyed ``phi_s``, ``n_trials_used``; the ``diverged``
+    flags, ``level`` and ``n_resamples`` are the top level's). Without it the file is as
+    before plastic feedback existed.
     """
     terms = [int(r) for r in active_terms]
     th = np.atleast_2d(_numpy(theta))
@@ -536,18 +560,65 @@ def write_theta(
         "n_resamples": n_resamples,
         "n_trials_used": int(usable.sum()),
     }
+    if (phi is None) != (feedback_terms is None):
+        raise ValueError("give phi and feedback_terms together (a run with plastic feedback), or neither")
+    if phi is not None:
+        out["phi"] = _phi_summary(phi, feedback_terms, div, level, n_resamples, seed)
     write_json_atomic(Path(folder) / THETA_FILE, out)
     return out
 
 
-def read_theta(folder: str | os.PathLike) -> dict:
-    """Read ``folder/theta.json``; nulls in the numeric fields come back as NaN."""
-    d = _read_json(Path(folder) / THETA_FILE, "theta")
+def _phi_summary(phi: Any, feedback_terms: Iterable[int], div: np.ndarray, level: float, n_resamples: int,
+                 seed: int) -> dict:
+    """theta.json's ``phi`` entry: per trial, mean and bootstrap CI of the active phi_s."""
+    terms = [int(s) for s in feedback_terms]
+    ph = np.atleast_2d(_numpy(phi))
+    if ph.shape != (div.shape[0], N_FEEDBACK_TERMS):
+        raise ValueError(f"phi must have shape ({div.shape[0]}, {N_FEEDBACK_TERMS}), got {ph.shape}")
+    if any(not 0 <= s < N_FEEDBACK_TERMS for s in terms):
+        raise ValueError(f"feedback terms must lie in 0..{N_FEEDBACK_TERMS - 1}, got {terms}")
+    sel = ph[:, terms]
+    usable = ~div & np.isfinite(sel).all(axis=1)
+    mean, low, high = bootstrap_ci(np.where(usable[:, None], sel, np.nan), level=level,
+                                   n_resamples=n_resamples, seed=seed)
+    names = [f"phi_{s}" for s in terms]
+    return {
+        "terms": terms,
+        "names": [FEEDBACK_TERM_NAMES[s] for s in terms],
+        "per_trial": sel.tolist(),
+        "mean": dict(zip(names, np.atleast_1d(mean).tolist())),
+        "ci_low": dict(zip(names, np.atleast_1d(low).tolist())),
+        "ci_high": dict(zip(names, np.atleast_1d(high).tolist())),
+        "n_trials_used": int(usable.sum()),
+    }
+
+
+def _nulls_to_nan(d: dict) -> dict:
     nan = float("nan")
     d["per_trial"] = [[nan if v is None else v for v in row] for row in d.get("per_trial", [])]
     for k in ("mean", "ci_low", "ci_high"):
         d[k] = {n: (nan if v is None else v) for n, v in d.get(k, {}).items()}
     return d
+
+
+def read_theta(folder: str | os.PathLike) -> dict:
+    """Read ``folder/theta.json``; nulls in the numeric fields come back as NaN (in its
+    ``phi`` entry too, when the run had plastic feedback)."""
+    d = _nulls_to_nan(_read_json(Path(folder) / THETA_FILE, "theta"))
+    if isinstance(d.get("phi"), dict):
+        _nulls_to_nan(d["phi"])
+    return d
+
+
+def read_phi(folder: str | os.PathLike) -> dict | None:
+    """The ``phi`` entry of ``folder/theta.json`` (a run with plastic feedback: ``terms``,
+    ``names``, ``per_trial``, ``mean``/``ci_low``/``ci_high`` keyed ``phi_s``,
+    ``n_trials_used``, plus the file's ``diverged`` flags), nulls as NaN; None for a run whose
+    feedback was fixed."""
+    d = read_theta(folder)
+    if not isinstance(d.get("phi"), dict):
+        return None
+    return {**d["phi"], "diverged": d.get("diverged", [])}
 
 
 # ----------------------------------------------------------------- what a run reached
@@ -660,4 +731,37 @@ def theta_matrix(folder: str | os.PathLike, include_diverged: bool = False) -> n
     diverged = np.asarray(th.get("diverged", [False] * len(rows)), dtype=bool)
     if diverged.shape != (len(rows),):
         raise ValueError(f"{Path(folder) / THETA_FILE}: {diverged.size} diverged flags for {len(rows)} trials")
+    return full[~diverged]
+
+
+def phi_matrix(folder: str | os.PathLike, include_diverged: bool = False) -> np.ndarray | None:
+    """Final phi of every trial of a run with plastic feedback, read from its ``theta.json``.
+
+    Returns:
+        ``(T, N_FEEDBACK_TERMS)`` float array, rows as :func:`theta_matrix`'s (trial order,
+        diverged trials left out unless ``include_diverged``), zeros for the feedback terms
+        that were not plastic; None when the run's feedback was fixed (no ``phi`` entry).
+
+    Raises:
+        FileNotFoundError: no ``theta.json`` in ``folder``.
+        ValueError: the entry names a term outside 0..N_FEEDBACK_TERMS-1, or its rows do not match.
+    """
+    ph = read_phi(folder)
+    if ph is None:
+        return None
+    where = Path(folder) / THETA_FILE
+    terms = [int(s) for s in ph.get("terms", [])]
+    if any(not 0 <= s < N_FEEDBACK_TERMS for s in terms):
+        raise ValueError(f"{where}: feedback terms must lie in 0..{N_FEEDBACK_TERMS - 1}, got {terms}")
+    rows = ph.get("per_trial", [])
+    full = np.zeros((len(rows), N_FEEDBACK_TERMS))
+    for i, row in enumerate(rows):
+        if len(row) != len(terms):
+            raise ValueError(f"{where}: trial {i} has {len(row)} phi values for feedback terms {terms}")
+        full[i, terms] = np.asarray(row, dtype=float)
+    if include_diverged:
+        return full
+    diverged = np.asarray(ph.get("diverged") or [False] * len(rows), dtype=bool)
+    if diverged.shape != (len(rows),):
+        raise ValueError(f"{where}: {diverged.size} diverged flags for {len(rows)} trials of phi")
     return full[~diverged]

@@ -149,7 +149,8 @@ def _merge(cfg: MetaConfig, out: Path, parts: list[list[int]], record: dict, fin
     tmp = out / (CHECKPOINT_FILE + ".tmp")
     torch.save(state, tmp)
     tmp.replace(out / CHECKPOINT_FILE)
-    write_theta(out, state["theta"].numpy(), record["terms"], state["guards"]["stopped"].numpy(), seed=cfg.seed)
+    phi = {} if state.get("phi") is None else {"phi": state["phi"].numpy(), "feedback_terms": record["feedback_terms"]}
+    write_theta(out, state["theta"].numpy(), record["terms"], state["guards"]["stopped"].numpy(), seed=cfg.seed, **phi)
     write_config(out, record)
     shutil.rmtree(out / PARTS_DIR)
     return state
@@ -240,6 +241,8 @@ def _discover_split(c: MetaConfig, out: Path, resume: bool, address: str | None,
     trainer = MetaTrainer(c, out=None)
     trainer.episode = int(state["episode"])
     trainer.theta = state["theta"]
+    if trainer.phi is not None:
+        trainer.phi = state["phi"]
     trainer.guards.load_state_dict(state["guards"])
     trainer.out = out
     summary = trainer.summary(time.perf_counter() - start, [])

@@ -112,7 +112,7 @@ def parse_assignment(text: str, many: bool) -> tuple[str, Any]:
 
 
 def _from_text(key: str, v: str) -> Any:
-    if key == "rule" and "+" in v:
+    if key in ("rule", "feedback_rule") and "+" in v:
         return v.replace("+", ",")
     return parse_value(key, v)
 
@@ -122,7 +122,7 @@ def _normalise(key: str, v: Any) -> Any:
         return tuple(int(x) for x in v)
     if key == "hidden" and isinstance(v, str):
         return parse_value(key, v)
-    if key == "rule" and isinstance(v, (list, tuple)):
+    if key in ("rule", "feedback_rule") and isinstance(v, (list, tuple)):
         return ",".join(str(int(x)) for x in v)
     return v
 

@@ -71,7 +71,7 @@ def test_three_parts_on_two_workers_and_a_resumed_one_process_run_give_the_same_
 
     original = runs.split_trials
     try:
-        runs.split_trials = lambda trials, parts: original(trials, 3)
+        runs.split_trials = lambda trials, parts, chunk=None: original(trials, 3, chunk)
         discover(tiny(episodes=6, checkpoint_every=1, workers=2), cut, resume=True,
                  scheduler=cluster.scheduler_address, progress=False)
     finally:
