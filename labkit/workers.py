@@ -83,7 +83,11 @@ def connect(workers: int = 1, scheduler: str | None = None, timeout: float = 10.
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                    dashboard_address=":0", silence_logs=40)
     except Exception as exc:
-        raise ClusterError(f"cannot start a local Dask cluster of {workers} workers ({type(exc).__name__}: {exc})") from None
+        raise ClusterError(
+            f"cannot start a local Dask cluster of {workers} workers ({type(exc).__name__}: {exc}). In a Python "
+            "script, keep its top-level code under `if __name__ == \"__main__\":` (the workers import it); "
+            "or run with --workers 1"
+        ) from None
     try:
         with Client(cluster) as client:
             yield client
