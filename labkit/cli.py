@@ -249,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workers", type=_workers, default="auto",
                    help="run on a local Dask cluster of this many single-threaded worker processes, each "
                         "meta-training a part of the trials (docs/scale-out.md); 1: this process only; "
-                        "'auto': one per usable core, at most one per trial (same numbers either way)")
+                        "'auto': for runs of 400+ trial-episodes one per usable core, at most one per chunk of "
+                        "trials (same numbers either way)")
     d.add_argument("--scheduler", default=None,
                    help="address of a running Dask scheduler (tcp://HOST:PORT) to run on instead of this "
                         "machine; default $LABKIT_SCHEDULER")
