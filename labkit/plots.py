@@ -210,9 +210,14 @@ def active_terms(df: pd.DataFrame) -> list[int]:
     """Terms r whose ``theta_r`` column has at least one value (the active terms), in
     index order. Every ``theta_<r>`` column of the history counts, whatever the size of
     the term table."""
+    return _filled_columns(df, _THETA_COLUMN)
+
+
+def _filled_columns(df: pd.DataFrame, pattern: re.Pattern) -> list[int]:
+    """The indices k of the columns matching ``pattern`` (one group: k) with at least one value."""
     out = []
     for c in df.columns:
-        m = _THETA_COLUMN.match(str(c))
+        m = pattern.match(str(c))
         if m and pd.to_numeric(df[c], errors="coerce").notna().any():
             out.append(int(m.group(1)))
     return sorted(out)
@@ -221,12 +226,7 @@ def active_terms(df: pd.DataFrame) -> list[int]:
 def active_feedback_terms(df: pd.DataFrame) -> list[int]:
     """Feedback terms s whose ``phi_s`` column has at least one value, in index order; empty
     for a run whose feedback was fixed (its history has no phi columns)."""
-    out = []
-    for c in df.columns:
-        m = _PHI_COLUMN.match(str(c))
-        if m and pd.to_numeric(df[c], errors="coerce").notna().any():
-            out.append(int(m.group(1)))
-    return sorted(out)
+    return _filled_columns(df, _PHI_COLUMN)
 
 
 def _phi_colors(terms: Sequence[int]) -> dict[int, tuple]:

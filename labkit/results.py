@@ -716,21 +716,28 @@ def theta_matrix(folder: str | os.PathLike, include_diverged: bool = False) -> n
         FileNotFoundError: no ``theta.json`` in ``folder``.
         ValueError: the file names a term outside 0..N_TERMS-1, or its rows do not match it.
     """
-    th = read_theta(folder)
-    terms = [int(r) for r in th.get("terms", [])]
-    if any(not 0 <= r < N_TERMS for r in terms):
-        raise ValueError(f"{Path(folder) / THETA_FILE}: terms must lie in 0..{N_TERMS - 1}, got {terms}")
-    rows = th.get("per_trial", [])
-    full = np.zeros((len(rows), N_TERMS))
+    return _coefficient_matrix(read_theta(folder), N_TERMS, Path(folder) / THETA_FILE, "terms", "", include_diverged)
+
+
+def _coefficient_matrix(entry: dict, n: int, where: Path, kind: str, what: str, include_diverged: bool) -> np.ndarray:
+    """``(T, n)`` from a theta.json entry (``terms``, ``per_trial``, ``diverged``): each trial's
+    values at its terms' indices, zeros elsewhere; diverged trials dropped unless
+    ``include_diverged``. ``kind``/``what`` name the terms and values in error messages."""
+    terms = [int(r) for r in entry.get("terms", [])]
+    if any(not 0 <= r < n for r in terms):
+        raise ValueError(f"{where}: {kind} must lie in 0..{n - 1}, got {terms}")
+    rows = entry.get("per_trial", [])
+    full = np.zeros((len(rows), n))
     for i, row in enumerate(rows):
         if len(row) != len(terms):
-            raise ValueError(f"{Path(folder) / THETA_FILE}: trial {i} has {len(row)} values for terms {terms}")
+            raise ValueError(f"{where}: trial {i} has {len(row)}{what} values for {kind} {terms}")
         full[i, terms] = np.asarray(row, dtype=float)
     if include_diverged:
         return full
-    diverged = np.asarray(th.get("diverged", [False] * len(rows)), dtype=bool)
+    flags = entry.get("diverged")
+    diverged = np.asarray([False] * len(rows) if flags is None else flags, dtype=bool)
     if diverged.shape != (len(rows),):
-        raise ValueError(f"{Path(folder) / THETA_FILE}: {diverged.size} diverged flags for {len(rows)} trials")
+        raise ValueError(f"{where}: {diverged.size} diverged flags for {len(rows)} trials{what and ' of' + what}")
     return full[~diverged]
 
 
@@ -749,19 +756,5 @@ def phi_matrix(folder: str | os.PathLike, include_diverged: bool = False) -> np.
     ph = read_phi(folder)
     if ph is None:
         return None
-    where = Path(folder) / THETA_FILE
-    terms = [int(s) for s in ph.get("terms", [])]
-    if any(not 0 <= s < N_FEEDBACK_TERMS for s in terms):
-        raise ValueError(f"{where}: feedback terms must lie in 0..{N_FEEDBACK_TERMS - 1}, got {terms}")
-    rows = ph.get("per_trial", [])
-    full = np.zeros((len(rows), N_FEEDBACK_TERMS))
-    for i, row in enumerate(rows):
-        if len(row) != len(terms):
-            raise ValueError(f"{where}: trial {i} has {len(row)} phi values for feedback terms {terms}")
-        full[i, terms] = np.asarray(row, dtype=float)
-    if include_diverged:
-        return full
-    diverged = np.asarray(ph.get("diverged") or [False] * len(rows), dtype=bool)
-    if diverged.shape != (len(rows),):
-        raise ValueError(f"{where}: {diverged.size} diverged flags for {len(rows)} trials of phi")
-    return full[~diverged]
+    return _coefficient_matrix(ph, N_FEEDBACK_TERMS, Path(folder) / THETA_FILE, "feedback terms", " phi",
+                               include_diverged)

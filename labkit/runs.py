@@ -137,9 +137,11 @@ def _prepare_parts(cfg: MetaConfig, out: Path, resume: bool, n_parts: int) -> li
     return parts
 
 
-def _merge(cfg: MetaConfig, out: Path, parts: list[list[int]], record: dict, final: bool) -> dict | None:
+def _merge(trainer: MetaTrainer, out: Path, parts: list[list[int]], record: dict, final: bool) -> dict | None:
     """Merge the parts' histories into ``out/history.csv``; when ``final``, also their
-    checkpoints into ``out/checkpoint.pt`` and theta.json, and remove ``parts/``."""
+    checkpoints into ``out/checkpoint.pt`` and theta.json, and remove ``parts/``.
+    ``trainer``: one over all trials (out=None), for the run's settings and records."""
+    cfg = trainer.config
     dirs = [_part_dir(out, ids) for ids in parts]
     merge_histories(dirs, out)
     if not final:
@@ -149,8 +151,8 @@ def _merge(cfg: MetaConfig, out: Path, parts: list[list[int]], record: dict, fin
     tmp = out / (CHECKPOINT_FILE + ".tmp")
     torch.save(state, tmp)
     tmp.replace(out / CHECKPOINT_FILE)
-    phi = {} if state.get("phi") is None else {"phi": state["phi"].numpy(), "feedback_terms": record["feedback_terms"]}
-    write_theta(out, state["theta"].numpy(), record["terms"], state["guards"]["stopped"].numpy(), seed=cfg.seed, **phi)
+    write_theta(out, state["theta"].numpy(), record["terms"], state["guards"]["stopped"].numpy(), seed=cfg.seed,
+                **trainer._phi_record(state.get("phi")))
     write_config(out, record)
     shutil.rmtree(out / PARTS_DIR)
     return state
@@ -231,14 +233,14 @@ def _discover_split(c: MetaConfig, out: Path, resume: bool, address: str | None,
                         pass
                 if bar is not None:
                     bar.close()
-                _merge(c, out, parts, record, final=False)
+                _merge(probe, out, parts, record, final=False)
                 raise
             if bar is not None:
                 bar.update(c.episodes - bar.n)
                 bar.close()
-        state = _merge(c, out, parts, record, final=True)
+        state = _merge(probe, out, parts, record, final=True)
     # the summary of the merged run, read back like a one-process run's
-    trainer = MetaTrainer(c, out=None)
+    trainer = probe
     trainer.episode = int(state["episode"])
     trainer.theta = state["theta"]
     if trainer.phi is not None:
