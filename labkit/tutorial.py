@@ -11,7 +11,9 @@ uses, so that each notebook shows only what it teaches:
 * :func:`online_learning` -> the online learning curve of one rule under any registered
   feedback pathway (:mod:`labkit.pathways`), as in Fig. 1 of the paper: a fresh network
   sees a stream of images once, batch size 1, and is tested on held-out images every few
-  samples (notebook 01, and the playground of notebook 04 through :mod:`labkit.widgets`).
+  samples (notebook 01, and the playground of notebook 04 through :mod:`labkit.widgets`);
+  with ``phi`` the feedback matrices learn too (plastic feedback, notebook 05 and the
+  playground), and the curves then also hold the angles between W_l and B_l^T.
 
 Layering: this module sits on top of the library, like the command line (:mod:`labkit.cli`):
 it imports :mod:`labkit.meta`, :mod:`labkit.results`, :mod:`labkit.data` and
@@ -32,9 +34,11 @@ import torch
 
 from . import results
 from .data import online_stream
-from .feedback import check_kind, init_feedback
-from .learner import learning_curve
+from .feedback import check_kind, check_plastic_feedback, init_feedback, plastic_feedback_allowed
+from .feedback_terms import N_FEEDBACK_TERMS
+from .learner import learning_curve, online_train_plastic
 from .meta import HIDDEN_PAPER, MetaConfig, MetaTrainer, trial_generators
+from .metrics import alignment_angles, query_loss_and_accuracy, weight_angles
 from .networks import check_init_scale, init_weights
 from .rules import make_rule
 from .terms import N_TERMS
@@ -152,6 +156,23 @@ def theta_vector(values: Mapping[int, float] | Sequence[float] | np.ndarray) -> 
     return th
 
 
+def phi_vector(values: Mapping[int, float] | Sequence[float] | np.ndarray | None) -> np.ndarray:
+    """A ``(N_FEEDBACK_TERMS,)`` float array (one phi_s per feedback term of
+    :data:`labkit.feedback_terms.FEEDBACK_TERMS`) from ``{term: value}``, a full sequence of
+    N_FEEDBACK_TERMS numbers, or None (all zero: fixed feedback)."""
+    if values is None:
+        return np.zeros(N_FEEDBACK_TERMS)
+    if isinstance(values, Mapping):
+        ph = np.zeros(N_FEEDBACK_TERMS)
+        for s, v in values.items():
+            ph[int(s)] = float(v)
+        return ph
+    ph = np.asarray(values, dtype=float).reshape(-1)
+    if ph.shape != (N_FEEDBACK_TERMS,):
+        raise ValueError(f"phi needs {N_FEEDBACK_TERMS} numbers (zeros for fixed feedback terms), got {ph.shape[0]}")
+    return ph
+
+
 def online_learning(
     feedback: str,
     theta: Mapping[int, float] | Sequence[float] | np.ndarray,
@@ -164,6 +185,7 @@ def online_learning(
     hidden: Sequence[int] = HIDDEN_PAPER,
     n_eval: int = 300,
     init_scale: float = 1.0,
+    phi: Mapping[int, float] | Sequence[float] | np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Online learning curve of one rule, ``trials`` independent networks (Fig. 1 of the paper).
 
@@ -177,22 +199,38 @@ def online_learning(
     The rule's terms are those with theta_r != 0 (theta_0 alone if all are zero). One pass:
     ``n_samples`` is capped at the size of the stream. Results are cached (up to 32 calls).
 
+    ``phi`` (plastic feedback, docs/plastic-feedback.md): one coefficient per feedback term of
+    :data:`labkit.feedback_terms.FEEDBACK_TERMS` (see :func:`phi_vector`); the feedback terms
+    with phi_s != 0 make the feedback matrices learn, ``B_l <- B_l + sum_s phi_s G^s``, by
+    :func:`labkit.learner.online_train_plastic`. Plastic terms need a pathway that accepts
+    them (``"fa"``). With ``phi=None`` (the default) the feedback is fixed and the curve is
+    exactly that of :func:`labkit.learner.learning_curve`; with any ``phi`` (all zero
+    included) the result also holds the W-vs-B^T angles.
+
     Returns numpy arrays ``steps (S,)``, ``accuracy (T, S)``, ``loss (T, S)``,
-    ``alpha (T, S, L-1)`` (see :func:`labkit.learner.learning_curve`) plus ``n_samples``
-    (used), ``trials``, ``dataset``, ``n_classes`` (of the stream: chance accuracy is
-    1/n_classes), ``diverged (T,)`` (non-finite final loss).
+    ``alpha (T, S, L-1)`` (see :func:`labkit.learner.learning_curve`; with plastic feedback
+    measured through the current B) plus ``n_samples`` (used), ``trials``, ``dataset``,
+    ``n_classes`` (of the stream: chance accuracy is 1/n_classes), ``diverged (T,)``
+    (non-finite final loss); when ``phi`` is given also ``weight_angle (T, S, L)``, the angle
+    between W_l and B_l^T in degrees (:func:`labkit.metrics.weight_angles`), ``weight_gap
+    (T, S, L)``, the Frobenius norm ||W_l - B_l^T|| (NaN for a pathway whose matrices are not
+    shaped like W^T), and ``phi (4,)``.
 
     Raises:
-        ValueError: unknown feedback pathway, or theta of the wrong length.
+        ValueError: unknown feedback pathway, theta or phi of the wrong length, or plastic
+            feedback terms for a pathway that refuses them (the message says why).
         labkit.data.DatasetNotFoundError: the dataset's files are missing.
     """
     check_kind(feedback)  # the registry of labkit.pathways decides, also for pathways added later
     theta = theta_vector(theta)
-    return dict(_online_learning_cached(
-        feedback, tuple(theta.tolist()), int(n_samples), int(trials), int(every), dataset,
-        None if data_root is None else str(data_root), int(seed), tuple(int(h) for h in hidden), int(n_eval),
-        check_init_scale(init_scale),
-    ))
+    args = (feedback, tuple(theta.tolist()), int(n_samples), int(trials), int(every), dataset,
+            None if data_root is None else str(data_root), int(seed), tuple(int(h) for h in hidden), int(n_eval),
+            check_init_scale(init_scale))
+    if phi is None:
+        return dict(_online_learning_cached(*args))
+    phi = phi_vector(phi)
+    check_plastic_feedback(feedback, [s for s in range(N_FEEDBACK_TERMS) if phi[s] != 0.0])
+    return dict(_plastic_learning_cached(*args, tuple(phi.tolist())))
 
 
 @lru_cache(maxsize=32)
@@ -213,4 +251,48 @@ def _online_learning_cached(feedback, theta, n_samples, trials, every, dataset, 
                        x_eval.expand(trials, -1, -1), y_eval.expand(trials, -1), every=every)
     out = {k: v.numpy() for k, v in c.items()}
     out.update(n_samples=n, trials=trials, dataset=dataset, n_classes=int(n_classes), diverged=~np.isfinite(out["loss"][:, -1]))
+    return out
+
+
+@lru_cache(maxsize=32)
+def _plastic_learning_cached(feedback, theta, n_samples, trials, every, dataset, data_root, seed, hidden, n_eval,
+                             init_scale, phi):
+    """:func:`_online_learning_cached` with plastic feedback (phi_s != 0 terms) through
+    :func:`labkit.learner.online_train_plastic`; the same draws of W, B and stream order, and
+    the same measurements at the same steps, plus the W-vs-B^T angles."""
+    x, y, x_eval, y_eval, n_classes = online_stream(dataset, data_root, n_eval)
+    n = min(n_samples, len(x))
+    sizes = (x.shape[1], *hidden, n_classes)
+    gens = [trial_generators(seed, i) for i in range(trials)]
+    order = torch.stack([torch.randperm(len(x), generator=g[0])[:n] for g in gens])  # (T, n)
+    weight_gens = [g[1] for g in gens]
+    Ws = init_weights(sizes, weight_gens, scale=init_scale)
+    Bs = init_feedback(feedback, sizes, weight_gens)
+    terms = [r for r in range(N_TERMS) if theta[r] != 0.0] or [0]
+    fb_terms = [s for s in range(N_FEEDBACK_TERMS) if phi[s] != 0.0]
+    rule = make_rule(terms, len(sizes) - 1)
+    th = torch.tensor(theta, dtype=torch.float32).expand(trials, -1).contiguous()
+    ph = torch.tensor(phi, dtype=torch.float32).expand(trials, -1).contiguous()
+    x_ev, y_ev = x_eval.expand(trials, -1, -1), y_eval.expand(trials, -1)
+    rec: dict[str, list] = {"steps": [], "accuracy": [], "loss": [], "alpha": [], "weight_angle": [], "weight_gap": []}
+    gaps = plastic_feedback_allowed(feedback)  # B_l shaped like W_l^T: ||W_l - B_l^T|| is defined
+
+    def record(step: int, W_now: list[torch.Tensor], B_now: list[torch.Tensor]) -> None:
+        loss, acc = query_loss_and_accuracy(W_now, x_ev, y_ev)
+        rec["steps"].append(step)
+        rec["accuracy"].append(acc)
+        rec["loss"].append(loss)
+        rec["alpha"].append(alignment_angles(W_now, B_now, feedback, x_ev, y_ev))
+        rec["weight_angle"].append(weight_angles(W_now, B_now, feedback))
+        rec["weight_gap"].append(
+            torch.stack([(W - B.transpose(1, 2)).flatten(1).norm(dim=1) for W, B in zip(W_now, B_now)], dim=-1)
+            if gaps else torch.full((trials, len(W_now)), float("nan")))
+
+    with torch.no_grad():
+        online_train_plastic(Ws, Bs, feedback, rule, th, ph, fb_terms, x[order], y[order], callback=record,
+                             every=every)
+    out = {"steps": np.asarray(rec["steps"])}
+    out.update({k: torch.stack(v, dim=1).numpy() for k, v in rec.items() if k != "steps"})
+    out.update(n_samples=n, trials=trials, dataset=dataset, n_classes=int(n_classes),
+               diverged=~np.isfinite(out["loss"][:, -1]), phi=np.asarray(phi))
     return out

@@ -79,12 +79,15 @@ print(f"SMOKE={SMOKE}: {N_SAMPLES} samples, {TRIALS} trials on {DATASET}")
 # is committed in `RESULTS_DIR` (`fa_lr`, `bio`, `ehebb`, `oja`, `bp_lr`) the preset uses the mean
 # of its final $\theta$ over the trials; otherwise a documented, hand-set fallback
 # (`widgets.FALLBACK_THETA`, tuned by a small grid on the digits stream, *not* meta-learned).
+# The preset "FA + Kolen-Pollack feedback" also makes the feedback matrices learn (plastic
+# feedback, $\phi_s$; notebook 05), from `kp_lr` when present, else `widgets.FALLBACK_PHI`.
 
 # %%
 table = widgets.presets(RESULTS_DIR)
 for name, p in table.items():
-    terms = ", ".join(f"theta_{r}={v:.3g}" for r, v in enumerate(p.theta) if v != 0)
-    print(f"{name:15s} feedback={p.feedback:3s} {terms:45s} <- {p.source}")
+    terms = ", ".join([f"theta_{r}={v:.3g}" for r, v in enumerate(p.theta) if v != 0]
+                      + [f"phi_{s}={v:.3g}" for s, v in enumerate(p.phi) if v != 0])
+    print(f"{name:27s} feedback={p.feedback:3s} {terms:45s} <- {p.source}")
 
 # %% [markdown]
 # A note on signs: the pool's terms carry their own minus signs, e.g. $F^2 = -e_\ell e_{\ell-1}^\top$.
@@ -117,6 +120,13 @@ for label, c in curves.items():
 # stream length. Each change runs `TRIALS` fresh networks (a few seconds); results are cached,
 # so going back to an earlier setting is instant. Without a live kernel (e.g. on GitHub) you
 # see only the controls.
+#
+# Below the ten $\theta_r$ sliders are four $\phi_s$ sliders for *plastic feedback*: after every
+# sample the feedback matrices change too, $B_\ell \leftarrow B_\ell + \sum_s \phi_s G^s_\ell$ (Kolen-Pollack,
+# feedback decay, feedback eHebb, feedback Oja; notebook 05). They are all 0 by default (fixed
+# $B$, as in the paper) and work with the `fa` pathway only: for any other pathway they are
+# disabled and a note says why. With some $\phi_s \ne 0$ a third panel shows the angle between
+# $W_\ell$ and $B_\ell^\top$.
 
 # %%
 widgets.playground(controls, initial_figure=fig, trials=TRIALS, dataset=DATASET)
@@ -128,6 +138,10 @@ widgets.playground(controls, initial_figure=fig, trials=TRIALS, dataset=DATASET)
 #
 # **Think!** Switch the "BP" preset's feedback to `fa` and back. Which part of the gap does
 # $\theta_0$ explain, and which part does the pathway explain?
+#
+# **Think!** Pick "FA (lr only)" and raise $\phi_0$ (Kolen-Pollack) step by step. When does the
+# angle between $W_\ell$ and $B_\ell^\top$ start to fall, and do the teaching-signal angles $\alpha_\ell$
+# follow? What does the feedback decay $\phi_1$ add?
 #
 # **Think!** Try sign-symmetry: with "FA (lr only)", switch the feedback to `usf`, then `frsf`.
 # Both transport only the *signs* of the forward weights. How close do they get to `bp`, and how
