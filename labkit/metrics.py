@@ -129,16 +129,18 @@ def effective_rank(activations: torch.Tensor) -> torch.Tensor:
 
     Returns:
         A 0-d tensor for ``(N, n)``, ``(T,)`` for ``(T, N, n)``; NaN for an all-zero matrix
-        (whose effective rank is not defined). Computed in float64 (returned in the input's
-        floating dtype).
+        (whose effective rank is not defined) and for a matrix with a non-finite entry (a
+        diverged network's). Computed in float64 (returned in the input's floating dtype).
     """
     if activations.dim() not in (2, 3):
         raise ValueError(f"effective_rank takes (N, n) or (T, N, n) activations, got shape {tuple(activations.shape)}")
     dtype = activations.dtype if activations.is_floating_point() else torch.float64
-    sv = torch.linalg.svdvals(activations.to(torch.float64))  # (..., k), descending, >= 0
+    a = activations.to(torch.float64)
+    finite = torch.isfinite(a).flatten(-2).all(-1)  # () or (T,)
+    sv = torch.linalg.svdvals(torch.where(finite[..., None, None], a, torch.zeros_like(a)))  # (..., k), >= 0
     p = sv / sv.sum(-1, keepdim=True)  # NaN where the matrix is all zeros
     h = -torch.where(p > 0, p * torch.log(p), torch.zeros_like(p)).sum(-1)
-    h = torch.where(torch.isnan(p).any(-1), torch.full_like(h, math.nan), h)
+    h = torch.where(torch.isnan(p).any(-1) | ~finite, torch.full_like(h, math.nan), h)
     return torch.exp(h).to(dtype)
 
 

@@ -52,6 +52,9 @@ __all__ = [
     "plot_online_curves",
     "figures_from_results",
     "plot_sweep",
+    "plot_accuracy_vs_K",
+    "plot_depth_study",
+    "plot_online_study_curves",
 ]
 
 #: Short legend label of each term, by index (``Term.short`` of :data:`labkit.terms.TERMS`).
@@ -676,4 +679,105 @@ def plot_sweep(table: pd.DataFrame, settings: Sequence[str], chance: float | Non
     ax.set_ylabel("final meta-accuracy (98% CI)")
     ax.set_title(f"sweep: {len(df)} cells")
     _legend(ax, **_OUTSIDE_RIGHT)
+    return fig
+
+
+def plot_accuracy_vs_K(table: pd.DataFrame, chance: float | None = None) -> Figure:
+    """Accuracy against the number K of training images per class, one line per rule with its
+    98% CI band, one panel per protocol (``table`` has columns ``protocol``, ``K``, ``rule``,
+    ``accuracy``, ``ci_low``, ``ci_high``, e.g. ``results/beyond/scarce_table.csv``). K is on
+    a log axis; ``chance`` (e.g. 0.2) draws the chance line."""
+    titles = {"per_K": "meta-trained at each K", "from_K50": "meta-trained at K = 50"}
+    protocols = list(dict.fromkeys(table["protocol"]))
+    rules = list(dict.fromkeys(table["rule"]))
+    fig, axes = plt.subplots(1, len(protocols), figsize=(4.6 * len(protocols), 3.8), sharey=True,
+                             constrained_layout=True, squeeze=False)
+    colors = dict(zip(rules, _colors(len(rules))))
+    for ax, protocol in zip(axes[0], protocols):
+        for rule in rules:
+            g = table[(table["protocol"] == protocol) & (table["rule"] == rule)].sort_values("K")
+            if g.empty:
+                continue
+            ax.plot(g["K"], g["accuracy"], marker="o", color=colors[rule], label=rule)
+            ax.fill_between(g["K"], g["ci_low"], g["ci_high"], color=colors[rule], alpha=0.2, linewidth=0)
+        if chance is not None:
+            add_chance_line(ax, chance)
+        ax.set_xscale("log")
+        ks = sorted(table["K"].unique())
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.minorticks_off()
+        ax.set_xlabel("K (training images per class)")
+        ax.set_title(titles.get(protocol, protocol), fontsize="medium")
+    axes[0][0].set_ylabel("accuracy on held-out classes (98% CI)")
+    _figure_legend(fig, list(axes[0]), ncol=4)
+    return fig
+
+
+def plot_depth_study(table: pd.DataFrame, columns: Sequence[tuple[str, str]] | None = None) -> Figure:
+    """Online learning against depth: one row of panels per initialisation scale, one column
+    per measure, one line per rule (``table`` as ``results/beyond/deep_init.csv``: columns
+    ``init_scale``, ``depth``, ``rule``, ``accuracy``, ``ci_low``, ``ci_high`` and the
+    measures). ``columns``: (column, axis label) pairs; default accuracy, hidden-layer weight
+    norm and the last hidden layer's effective rank. Accuracy has its 98% CI band; a diverged
+    configuration (NaN) leaves a gap."""
+    columns = list(columns or [("accuracy", "final accuracy (98% CI)"),
+                               ("hidden_weight_norm", "mean hidden ||W_l||_F"),
+                               ("last_hidden_rank", "effective rank, last hidden layer")])
+    scales = sorted(table["init_scale"].unique())
+    rules = list(dict.fromkeys(table["rule"]))
+    colors = dict(zip(rules, _colors(len(rules))))
+    fig, axes = plt.subplots(len(scales), len(columns), figsize=(4.2 * len(columns), 2.9 * len(scales)),
+                             sharex=True, constrained_layout=True, squeeze=False)
+    for row, scale in zip(axes, scales):
+        for ax, (col, label) in zip(row, columns):
+            for rule in rules:
+                g = table[(table["init_scale"] == scale) & (table["rule"] == rule)].sort_values("depth")
+                ax.plot(g["depth"], g[col], marker="o", color=colors[rule], label=rule)
+                if col == "accuracy":
+                    ax.fill_between(g["depth"], g["ci_low"], g["ci_high"], color=colors[rule], alpha=0.2,
+                                    linewidth=0)
+            if col == "accuracy":
+                add_chance_line(ax, 0.1)
+            ax.set_title(f"init {scale:g}x Xavier: {label}", fontsize="small")
+            depths = sorted(table["depth"].unique())
+            ax.set_xticks(depths)
+    for ax in axes[-1]:
+        ax.set_xlabel("hidden layers (100 units each)")
+    _figure_legend(fig, [ax for row in axes for ax in row], ncol=6)
+    return fig
+
+
+def plot_online_study_curves(results: Sequence[Mapping], depth: int) -> Figure:
+    """Over one online pass, for the networks of ``depth`` hidden layers: accuracy, mean
+    hidden-layer weight norm and mean effective rank of the hidden activations (mean over the
+    networks with a 98% band), one row per initialisation scale, one line per rule.
+    ``results``: the configurations of :func:`labkit.analysis.online_study`."""
+    chosen = [r for r in results if r["depth"] == depth]
+    if not chosen:
+        raise ValueError(f"no configuration with {depth} hidden layers; have {sorted({r['depth'] for r in results})}")
+    scales = sorted({r["init_scale"] for r in chosen})
+    rules = list(dict.fromkeys(r["rule"] for r in chosen))
+    colors = dict(zip(rules, _colors(len(rules))))
+    measures = [("accuracy", "accuracy (held out)"), ("weight_norm", "mean hidden ||W_l||_F"),
+                ("effective_rank", "mean effective rank, hidden")]
+    fig, axes = plt.subplots(len(scales), 3, figsize=(12.6, 2.9 * len(scales)), sharex=True,
+                             constrained_layout=True, squeeze=False)
+    for row, scale in zip(axes, scales):
+        for ax, (key, label) in zip(row, measures):
+            for r in chosen:
+                if r["init_scale"] != scale:
+                    continue
+                v = np.asarray(r[key], dtype=float)
+                if key == "weight_norm":
+                    v = v[..., :-1].mean(axis=-1)
+                elif key == "effective_rank":
+                    v = v.mean(axis=-1)
+                curve_with_band(ax, np.asarray(r["steps"]), v, r["rule"], color=colors[r["rule"]], window=1)
+            if key == "accuracy":
+                add_chance_line(ax, 0.1)
+            ax.set_xscale("symlog", linthresh=25)
+            ax.set_title(f"{depth} hidden layers, init {scale:g}x: {label}", fontsize="small")
+    for ax in axes[-1]:
+        ax.set_xlabel("samples seen (one pass)")
+    _figure_legend(fig, [ax for row in axes for ax in row], ncol=6)
     return fig

@@ -127,6 +127,11 @@ def test_effective_rank_is_one_for_rank_one_invariant_to_scale_and_batched_equal
     p = torch.tensor([4.0, 2.0, 1.0, 1.0], dtype=torch.float64) / 8
     assert float(effective_rank(A)) == pytest.approx(math.exp(float(-(p * p.log()).sum())))
     assert math.isnan(float(effective_rank(torch.zeros(3, 5))))
+    # a diverged network's activations (inf or NaN) have no rank; the other trials keep theirs
+    broken = X.clone()
+    broken[1, 3, 2], broken[2, 0, 0] = math.inf, math.nan
+    ranks = effective_rank(broken)
+    assert torch.isnan(ranks[1:3]).all() and torch.equal(ranks[[0, 3]], batched[[0, 3]])
     with pytest.raises(ValueError, match=r"\(N, n\) or \(T, N, n\)"):
         effective_rank(torch.ones(5))
 
@@ -274,3 +279,73 @@ def test_a_rule_learned_on_digits_is_evaluated_on_mnist_fashion_and_emnist_from_
     code, out, err = run(capsys, "evaluate", "--results", str(tmp_path / "bio"), "--M", "3", "--K", "3", "--Q", "2",
                          "--tasks", "2")
     assert code == 0 and "transfers" not in err
+
+
+# ---------------------------------------------------------------- the follow-up's experiments
+
+
+def test_paired_comparison_measures_each_rule_against_the_baseline_on_the_same_tasks():
+    from labkit.analysis import paired_comparison
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.3, 0.9, size=40)
+    noise = rng.normal(0, 0.05, size=40)
+    rows = pd.DataFrame([
+        dict(K=1, rule="bp", accuracy=base),
+        dict(K=1, rule="better", accuracy=base + 0.1),  # better on every task by exactly 0.1
+        dict(K=1, rule="same", accuracy=base + noise - noise.mean()),  # no better on average
+        dict(K=1, rule="worse", accuracy=base - 0.2),
+    ])
+    t = paired_comparison(rows, "bp", by=["K"]).set_index("rule")
+    assert t.loc["better", "diff"] == pytest.approx(0.1)
+    assert t.loc["better", "diff_low"] == pytest.approx(0.1) and t.loc["better", "above"]
+    assert t.loc["same", "diff_low"] < 0 < t.loc["same", "diff_high"]
+    assert not t.loc["same", "above"] and not t.loc["same", "below"]
+    assert t.loc["worse", "below"] and not t.loc["worse", "above"]
+    assert np.isnan(t.loc["bp", "diff"])
+    assert t.loc["bp", "accuracy"] == pytest.approx(base.mean())
+    assert t.loc["bp", "ci_low"] <= t.loc["bp", "accuracy"] <= t.loc["bp", "ci_high"]
+    # the pairing matters: unpaired, the CIs of "better" and "bp" overlap
+    assert t.loc["better", "ci_low"] < t.loc["bp", "ci_high"]
+
+
+def test_paired_comparison_refuses_unpaired_data():
+    from labkit.analysis import paired_comparison
+    import pandas as pd
+
+    rows = pd.DataFrame([dict(K=1, rule="bp", accuracy=[0.5, 0.6]), dict(K=1, rule="fa", accuracy=[0.5])])
+    with pytest.raises(ValueError, match="same tasks"):
+        paired_comparison(rows, "bp", by=["K"])
+    with pytest.raises(ValueError, match="baseline 'bio'"):
+        paired_comparison(rows, "bio", by=["K"])
+
+
+def test_online_study_gives_every_rule_the_same_networks_and_resumes_from_what_is_done():
+    from labkit.analysis import online_study, online_study_table
+
+    rules = {"FA": ("fa", np.eye(10)[[0]] * 0.01), "BP + Oja": ("bp", (np.eye(10)[0] * 0.01 + np.eye(10)[9] * 0.005)[None]),
+             "frozen": ("bp", np.zeros((1, 10)))}
+    kw = dict(depths=(2, 3), init_scales=(1.0, 3.0), width=8, trials=2, steps=(0, 10), n_samples=30)
+    seen = []
+    runs = online_study(rules, on_result=lambda r: seen.append(len(r)), **kw)
+    assert len(runs) == 2 * 2 * 3 and seen == list(range(1, 13))
+    for r in runs:
+        assert r["steps"] == [0, 10, 30]
+        assert np.asarray(r["weight_norm"]).shape == (2, 3, r["depth"] + 1)
+        assert np.asarray(r["effective_rank"]).shape == (2, 3, r["depth"])
+    by = {(r["init_scale"], r["depth"], r["rule"]): r for r in runs}
+    for scale in (1.0, 3.0):
+        for depth in (2, 3):
+            start = {rule: np.asarray(by[(scale, depth, rule)]["accuracy"])[:, 0] for rule in rules}
+            assert np.array_equal(start["FA"], start["BP + Oja"]) and np.array_equal(start["FA"], start["frozen"])
+            frozen = np.asarray(by[(scale, depth, "frozen")]["weight_norm"])
+            assert np.allclose(frozen[:, 0], frozen[:, -1])  # theta = 0 learns nothing
+        # a larger init scale gives larger weights at the start
+    assert (np.asarray(by[(3.0, 2, "FA")]["weight_norm"])[:, 0] > np.asarray(by[(1.0, 2, "FA")]["weight_norm"])[:, 0]).all()
+    again = online_study(rules, done=runs[:5], **kw)
+    assert again[:5] == runs[:5]
+    assert json.dumps(again, sort_keys=True) == json.dumps(runs, sort_keys=True)  # deterministic
+    table = online_study_table(runs)
+    assert len(table) == 12 and (table["diverged"] == 0).all()
+    assert table["ci_low"].le(table["accuracy"]).all() and table["accuracy"].le(table["ci_high"]).all()

@@ -96,7 +96,8 @@ def test_sync_pair(stem: str):
 FIGURES = ROOT / "figures"  # the committed figures: only full (non-smoke) runs may write here
 # Notebooks that, in smoke mode, send their figures to a temporary folder when FIG_DIR is the
 # committed figures folder (the default). The others get FIG_DIR set by the test.
-SMOKE_REDIRECTS = {"01_feedback_alignment", "02_discovering_rules", "03_interpreting_rules", "04_playground"}
+SMOKE_REDIRECTS = {"01_feedback_alignment", "02_discovering_rules", "03_interpreting_rules", "04_playground",
+                   "05_plastic_feedback", "06_beyond_the_paper"}
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, str]]:

@@ -6,6 +6,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from labkit import plots  # noqa: E402
@@ -260,3 +261,39 @@ def test_plots_label_every_theta_column_from_the_term_table(tmp_path):
     df[f"theta_{len(TERMS)}"] = 1e-3
     assert plots.active_terms(df)[-1] == len(TERMS)
     assert plots.theta_label(len(TERMS)) == rf"$\theta_{{{len(TERMS)}}}$"
+
+
+# ---------------------------------------------------------------- the follow-up's experiments
+
+
+def test_accuracy_vs_K_has_a_panel_per_protocol_a_line_and_band_per_rule_and_the_chance_line():
+    rows = [dict(protocol=p, K=k, rule=r, accuracy=a, ci_low=a - 0.05, ci_high=a + 0.05)
+            for p in ("per_K", "from_K50") for k in (1, 5, 50) for r, a in (("BP", 0.5 + k / 200), ("bio", 0.4 + k / 100))]
+    fig = plots.plot_accuracy_vs_K(pd.DataFrame(rows), chance=0.2)
+    axes = fig.axes
+    assert len(axes) == 2 and [a.get_title() for a in axes] == ["meta-trained at each K", "meta-trained at K = 50"]
+    for ax in axes:
+        labels = [l.get_label() for l in ax.get_lines()]
+        assert "chance (20%)" in labels
+        assert sum(1 for l in ax.get_lines() if list(l.get_xdata()) == [1, 5, 50]) == 2
+        assert len(ax.collections) == 2 and ax.get_xscale() == "log"
+    assert {t.get_text() for t in fig.legends[0].get_texts()} == {"BP", "bio", "chance (20%)"}
+    plt.close(fig)
+
+
+def test_depth_study_draws_a_row_per_init_scale_and_curves_over_the_pass():
+    from labkit.analysis import online_study, online_study_table
+
+    rules = {"FA": ("fa", np.eye(10)[[0]] * 0.01), "BP": ("bp", np.eye(10)[[0]] * 0.01)}
+    runs = online_study(rules, depths=(2, 3), init_scales=(0.3, 3.0), width=6, trials=2, steps=(0, 10), n_samples=20)
+    fig = plots.plot_depth_study(online_study_table(runs))
+    assert len(fig.axes) == 2 * 3
+    assert fig.axes[0].get_title().startswith("init 0.3x") and fig.axes[3].get_title().startswith("init 3x")
+    assert [list(l.get_xdata()) for l in fig.axes[0].get_lines() if l.get_label() == "FA"] == [[2, 3]]
+    plt.close(fig)
+    fig = plots.plot_online_study_curves(runs, depth=3)
+    assert len(fig.axes) == 2 * 3 and "3 hidden layers" in fig.axes[0].get_title()
+    assert [list(l.get_xdata()) for l in fig.axes[0].get_lines() if l.get_label() == "BP"] == [[0, 10, 20]]
+    plt.close(fig)
+    with pytest.raises(ValueError, match="no configuration with 5 hidden layers"):
+        plots.plot_online_study_curves(runs, depth=5)
