@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .feedback import FEEDBACK_KINDS
 from .feedback_terms import FEEDBACK_TERMS, NAMED_FEEDBACK_RULES
-from .meta import MetaConfig
+from .meta import MetaConfig, command_line
 from .terms import N_TERMS, NAMED_RULES, TERMS
 
 DEFAULT_TRIALS = 4
@@ -494,7 +495,9 @@ def cmd_figures(a: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"discover": cmd_discover, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "figures": cmd_figures}
-    return commands[args.command](args)
+    # recorded in config.json as the run's command line (labkit.meta.run_command)
+    with command_line(shlex.join(["labkit", *(sys.argv[1:] if argv is None else argv)])):
+        return commands[args.command](args)
 
 
 if __name__ == "__main__":

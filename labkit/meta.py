@@ -242,16 +242,60 @@ def _normalise_feedback_rule(spec: Any) -> str | None:
     return None if key in ("", "none") else key
 
 
-def _git_commit() -> str | None:
-    """The commit of the labkit checkout, when it is a git checkout (for config.json)."""
+def _git(*args: str) -> str | None:
+    """Output of ``git ARGS`` in the labkit checkout; None when it is not one (or git is missing)."""
     import subprocess
 
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+        out = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent,
                              capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
+        return out.stdout.strip() if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def _git_commit() -> str | None:
+    """The commit of the labkit checkout, when it is a git checkout (for config.json)."""
+    return _git("rev-parse", "HEAD") or None
+
+
+def _git_dirty() -> bool | None:
+    """Whether tracked files of the checkout differ from its commit (None: not a git checkout)."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return None if status is None else bool(status)
+
+
+#: Environment variable that carries the command line of a run to the processes that write its
+#: config.json (the CLI sets it; Dask workers receive it with their task).
+COMMAND_ENV = "LABKIT_COMMAND"
+
+
+class command_line:
+    """Context manager: within it, runs record ``command`` as their command line
+    (``$LABKIT_COMMAND``); the previous value is restored on exit. ``None`` changes nothing."""
+
+    def __init__(self, command: str | None):
+        self.command = command
+
+    def __enter__(self) -> None:
+        self.before = os.environ.get(COMMAND_ENV)
+        if self.command is not None:
+            os.environ[COMMAND_ENV] = self.command
+
+    def __exit__(self, *exc: object) -> None:
+        if self.before is None:
+            os.environ.pop(COMMAND_ENV, None)
+        else:
+            os.environ[COMMAND_ENV] = self.before
+
+
+def run_command() -> str:
+    """The command line that started this run: ``$LABKIT_COMMAND`` (set by the ``labkit`` CLI,
+    e.g. ``labkit discover --rule bio``), else this process's own ``sys.argv``."""
+    import shlex
+
+    return os.environ.get(COMMAND_ENV) or shlex.join([Path(sys.argv[0]).name if sys.argv else "python",
+                                                      *sys.argv[1:]])
 
 
 def trial_generators(seed: int, trial: int) -> tuple[torch.Generator, torch.Generator]:
@@ -594,7 +638,9 @@ class MetaTrainer:
                 "python": sys.version.split()[0],
                 "platform": platform.platform(),
                 "git_commit": _git_commit(),
+                "git_dirty": _git_dirty(),
             },
+            command=run_command(),
         )
         if self.feedback_terms:  # plastic feedback only: fixed-feedback records keep their keys
             d["feedback_terms"] = list(self.feedback_terms)

@@ -30,7 +30,8 @@ from typing import Sequence
 
 import torch
 
-from .meta import CHECKPOINT_FILE, CheckpointError, DivergenceError, MetaConfig, MetaTrainer, RunSummary, merge_states, slice_state
+from .meta import (CHECKPOINT_FILE, CheckpointError, DivergenceError, MetaConfig, MetaTrainer, RunSummary, command_line,
+                   merge_states, run_command, slice_state)
 from .results import FolderLock, check_writable, merge_histories, write_config, write_theta
 from .workers import connect, scheduler_address, set_worker_threads, worker_count
 
@@ -61,9 +62,16 @@ def _part_dir(out: Path, ids: Sequence[int]) -> Path:
     return out / PARTS_DIR / f"trials_{ids[0]}-{ids[-1]}"
 
 
-def run_part(config: dict, folder: str, trials: list[int], token: str, stop_event: str | None = None) -> dict:
+def run_part(config: dict, folder: str, trials: list[int], token: str, stop_event: str | None = None,
+             command: str | None = None) -> dict:
     """Meta-train one part (the trials ``trials``) in ``folder``, resuming from its checkpoint
-    when it has one. Runs on a Dask worker; returns the part's episode count and seconds."""
+    when it has one. Runs on a Dask worker; returns the part's episode count and seconds.
+    ``command``: the run's command line, for the part's config.json."""
+    with command_line(command):
+        return _run_part(config, folder, trials, token, stop_event)
+
+
+def _run_part(config: dict, folder: str, trials: list[int], token: str, stop_event: str | None) -> dict:
     cfg = MetaConfig(**config)
     set_worker_threads(cfg.threads)
     folder_p = Path(folder)
@@ -201,7 +209,7 @@ def _discover_split(c: MetaConfig, out: Path, resume: bool, address: str | None,
             stop = Event(event_name, client=client)
             cfg_dict = {**dataclasses.asdict(c), "workers": 1}  # each part runs in its worker alone
             futures = [
-                client.submit(run_part, cfg_dict, str(_part_dir(out, ids)), ids, token, event_name,
+                client.submit(run_part, cfg_dict, str(_part_dir(out, ids)), ids, token, event_name, run_command(),
                               key=f"labkit-part-{ids[0]}-{ids[-1]}-{token}", pure=False)
                 for ids in parts
             ]

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from .meta import CHECKPOINT_FILE, DivergenceError, MetaConfig, MetaTrainer
+from .meta import CHECKPOINT_FILE, DivergenceError, MetaConfig, MetaTrainer, command_line, run_command
 from .results import FolderLock, check_writable, final_accuracy, read_history, write_json_atomic
 from .workers import connect, set_worker_threads
 
@@ -237,9 +237,15 @@ def _finished(folder: Path, episodes: int) -> bool:
     return int(s["episode"]) >= episodes or bool(s["guards"]["stopped"].all())
 
 
-def run_cell(config: dict, folder: str, token: str) -> dict:
+def run_cell(config: dict, folder: str, token: str, command: str | None = None) -> dict:
     """Meta-train one cell in ``folder`` (resuming from its checkpoint when it has one); runs on
-    a Dask worker. Returns its status."""
+    a Dask worker. Returns its status. ``command``: the sweep's command line, for the cell's
+    config.json."""
+    with command_line(command):
+        return _run_cell(config, folder, token)
+
+
+def _run_cell(config: dict, folder: str, token: str) -> dict:
     cfg = MetaConfig(**config)
     set_worker_threads(cfg.threads)
     f = Path(folder)
@@ -294,7 +300,7 @@ def run_sweep(sweep: Sweep, workers: int = 1, scheduler: str | None = None, prog
         if todo:
             with connect(workers, scheduler) as client:
                 futures = {
-                    client.submit(run_cell, dataclasses.asdict(cell.config), str(cell.folder), token,
+                    client.submit(run_cell, dataclasses.asdict(cell.config), str(cell.folder), token, run_command(),
                                   key=f"labkit-cell-{cell.folder.name}-{token}", pure=False): cell
                     for cell in todo
                 }

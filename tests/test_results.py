@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -336,3 +337,21 @@ def test_final_values_of_other_columns_follow_the_same_rules(tmp_path):
     np.testing.assert_allclose(got.to_numpy(), [13.0, 14.0])  # episodes 11..15, plus t
     with pytest.raises(KeyError, match="alpha_7"):
         final_values(tmp_path, "alpha_7")
+
+
+def test_config_records_the_command_line_and_whether_the_checkout_was_clean(tmp_path, monkeypatch):
+    from labkit.cli import main
+    from labkit.meta import COMMAND_ENV, MetaConfig, MetaTrainer
+
+    monkeypatch.delenv(COMMAND_ENV, raising=False)
+    out = tmp_path / "cli"
+    argv = ["discover", "--rule", "fa", "--trials", "1", "--episodes", "1", "--K", "2", "--Q", "1",
+            "--compile", "off", "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["command"] == "labkit " + " ".join(argv)
+    assert config["versions"]["git_dirty"] in (True, False, None)
+    assert COMMAND_ENV not in os.environ  # the CLI's command does not leak into later runs
+    MetaTrainer(MetaConfig(rule="fa", trials=1, episodes=1, K=2, Q=1), out=tmp_path / "api").run(progress=False)
+    api = json.loads((tmp_path / "api" / "config.json").read_text())
+    assert api["command"] != config["command"] and api["command"]  # this process's own argv

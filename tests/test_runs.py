@@ -91,6 +91,9 @@ def test_workers_start_a_local_dask_cluster_from_the_command_line(tmp_path, caps
     out = capsys.readouterr().out
     assert "on 2 local Dask workers (split: trials)" in out
     assert files(tmp_path / "two") == files(tmp_path / "one")
+    # the command line is recorded, also by the worker processes that ran the parts
+    command = "labkit " + " ".join([*argv, "--workers", "2", "--out", str(tmp_path / "two")])
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["command"] == command
 
 
 def test_checkpoint_states_cut_by_trial_and_merged_back_are_unchanged(tmp_path):

@@ -1,6 +1,7 @@
 """labkit sweep: a grid of runs on Dask workers that survives a lost worker and resumes."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -113,5 +114,7 @@ def test_labkit_sweep_from_the_command_line_writes_the_table_and_the_figure(tmp_
     out = capsys.readouterr().out
     assert code == 0 and "2 cells" in out
     assert (tmp_path / "sweep.csv").exists() and (tmp_path / "sweep.png").stat().st_size > 0
+    cell = json.loads(next((tmp_path / "cells").glob("*/config.json")).read_text())
+    assert cell["command"].startswith("labkit sweep --grid seed=0,1 --set rule=fa")  # recorded on the worker
     code = cli.main(["sweep", "--grid", "nonsense=1", "--out", str(tmp_path)])
     assert code == 2 and "unknown setting 'nonsense'" in capsys.readouterr().err
