@@ -301,7 +301,8 @@ def online_study_table(results: Sequence[dict], level: float = 0.98) -> pd.DataF
     networks that did not diverge) with its bootstrap CI, ``diverged`` networks, and at the end
     of the pass the mean hidden-layer ``hidden_weight_norm`` (||W_l||_F over l = 1..depth) and
     the effective rank of the first and last hidden layers (``first_hidden_rank``,
-    ``last_hidden_rank``); NaN where every network diverged."""
+    ``last_hidden_rank``; over the networks where it is defined); NaN where every network
+    diverged."""
     out = []
     for r in results:
         acc = np.asarray(r["accuracy"], dtype=float)[:, -1]
@@ -313,8 +314,15 @@ def online_study_table(results: Sequence[dict], level: float = 0.98) -> pd.DataF
             m, lo, hi = (float(v) for v in bootstrap_ci(acc[ok], level=level))
             ranks = np.asarray(r["effective_rank"], dtype=float)[ok, -1, :]
             rec.update(accuracy=m, ci_low=lo, ci_high=hi,
-                       hidden_weight_norm=float(np.nanmean(np.asarray(r["weight_norm"], dtype=float)[ok, -1, :-1])),
-                       first_hidden_rank=float(np.nanmean(ranks[:, 0])),
-                       last_hidden_rank=float(np.nanmean(ranks[:, -1])))
+                       hidden_weight_norm=_nanmean(np.asarray(r["weight_norm"], dtype=float)[ok, -1, :-1]),
+                       first_hidden_rank=_nanmean(ranks[:, 0]), last_hidden_rank=_nanmean(ranks[:, -1]))
         out.append(rec)
     return pd.DataFrame(out)
+
+
+def _nanmean(values: np.ndarray) -> float:
+    """Mean of the finite entries; NaN (without numpy's warning) when there are none, e.g. the
+    effective ranks of layers whose activations all vanished."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else float("nan")
