@@ -688,7 +688,7 @@ def plot_accuracy_vs_K(table: pd.DataFrame, chance: float | None = None) -> Figu
     ``accuracy``, ``ci_low``, ``ci_high``, e.g. ``results/beyond/scarce_table.csv``). K is on
     a log axis; ``chance`` (e.g. 0.2) draws the chance line."""
     titles = {"per_K": "meta-trained at each K", "from_K50": "meta-trained at K = 50"}
-    protocols = list(dict.fromkeys(table["protocol"]))
+    protocols = sorted(dict.fromkeys(table["protocol"]), key=lambda p: (list(titles).index(p) if p in titles else 2, p))
     rules = list(dict.fromkeys(table["rule"]))
     fig, axes = plt.subplots(1, len(protocols), figsize=(4.6 * len(protocols), 3.8), sharey=True,
                              constrained_layout=True, squeeze=False)
@@ -738,6 +738,8 @@ def plot_depth_study(table: pd.DataFrame, columns: Sequence[tuple[str, str]] | N
                                     linewidth=0)
             if col == "accuracy":
                 add_chance_line(ax, 0.1)
+            elif col == "hidden_weight_norm":
+                ax.set_yscale("log")  # diverging networks' norms run to 1e6 and beyond
             ax.set_title(f"init {scale:g}x Xavier: {label}", fontsize="small")
             depths = sorted(table["depth"].unique())
             ax.set_xticks(depths)
@@ -749,8 +751,9 @@ def plot_depth_study(table: pd.DataFrame, columns: Sequence[tuple[str, str]] | N
 
 def plot_online_study_curves(results: Sequence[Mapping], depth: int) -> Figure:
     """Over one online pass, for the networks of ``depth`` hidden layers: accuracy, mean
-    hidden-layer weight norm and mean effective rank of the hidden activations (mean over the
-    networks with a 98% band), one row per initialisation scale, one line per rule.
+    hidden-layer weight norm (log axis) and mean effective rank of the hidden activations (mean
+    over the networks that did not diverge, with a 98% band), one row per initialisation
+    scale, one line per rule (none for a rule whose networks all diverged).
     ``results``: the configurations of :func:`labkit.analysis.online_study`."""
     chosen = [r for r in results if r["depth"] == depth]
     if not chosen:
@@ -767,7 +770,10 @@ def plot_online_study_curves(results: Sequence[Mapping], depth: int) -> Figure:
             for r in chosen:
                 if r["init_scale"] != scale:
                     continue
-                v = np.asarray(r[key], dtype=float)
+                v = np.asarray(r[key], dtype=float).copy()
+                v[np.asarray(r["diverged"], dtype=bool)] = np.nan  # a diverged network leaves the mean
+                if not np.isfinite(v).any():
+                    continue
                 if key == "weight_norm":
                     v = v[..., :-1].mean(axis=-1)
                 elif key == "effective_rank":
@@ -775,6 +781,8 @@ def plot_online_study_curves(results: Sequence[Mapping], depth: int) -> Figure:
                 curve_with_band(ax, np.asarray(r["steps"]), v, r["rule"], color=colors[r["rule"]], window=1)
             if key == "accuracy":
                 add_chance_line(ax, 0.1)
+            elif key == "weight_norm":
+                ax.set_yscale("log")
             ax.set_xscale("symlog", linthresh=25)
             ax.set_title(f"{depth} hidden layers, init {scale:g}x: {label}", fontsize="small")
     for ax in axes[-1]:

@@ -82,6 +82,18 @@ LR_CHECK_DEPTHS = (4, 12)
 BIO_RESULTS = ROOT / "results" / "bio_20x600"
 
 
+def rounded(x, digits: int = 6):
+    """``x`` (nested lists/dicts of floats) with every float to ``digits`` significant digits:
+    float32 results carry no more, and the JSON files stay small."""
+    if isinstance(x, float):
+        return float(f"{x:.{digits}g}")
+    if isinstance(x, list):
+        return [rounded(v, digits) for v in x]
+    if isinstance(x, dict):
+        return {k: rounded(v, digits) for k, v in x.items()}
+    return x
+
+
 def cell_name(rule: str, feedback: str, K: int) -> str:
     return f"rule={rule}_feedback={feedback}_K={K}"
 
@@ -96,15 +108,22 @@ def run_sweep(workers: int) -> None:
     subprocess.run(cmd, cwd=ROOT, check=True)
 
 
-def evaluate_scarce() -> None:
+def evaluate_scarce(partial: bool = False) -> None:
     """Evaluate every finished cell on tasks from the held-out classes; write scarce_eval.json
-    and scarce_table.csv."""
-    rows = []
+    (cells already in it are kept) and, once every cell is in, scarce_table.csv. ``partial``:
+    evaluate the cells that are finished and stop there (while the sweep still runs)."""
+    path = OUT / "scarce_eval.json"
+    rows = json.loads(path.read_text())["rows"] if path.is_file() else []
+    have = {(r["rule"], r["trained_K"]) for r in rows}
+    missing = []
     for label, (rule, feedback) in SCARCE_RULES.items():
         for K in KS:
+            if (label, K) in have:
+                continue
             folder = SWEEP_DIR / "cells" / cell_name(rule, feedback, K)
-            if not (folder / "theta.json").is_file():
-                raise SystemExit(f"{folder} has no theta.json: run `scripts/beyond_paper.py scarce` to finish the sweep")
+            if not _finished(folder):
+                missing.append(folder.name)
+                continue
             config = read_config(folder)
             theta = theta_matrix(folder)
             evalKs = KS if K == 50 else (K,)
@@ -116,13 +135,27 @@ def evaluate_scarce() -> None:
             for k, a in accs.items():
                 for protocol in (["per_K"] if k == K else []) + (["from_K50"] if K == 50 else []):
                     rows.append(dict(protocol=protocol, rule=label, trained_K=K, K=int(k),
-                                     trials=int(theta.shape[0]), accuracy=[float(v) for v in a]))
-    write_json_atomic(OUT / "scarce_eval.json", dict(
-        description="Query accuracy on new tasks from the 5 held-out digit classes; per_K: meta-trained at K, "
-                    "from_K50: meta-trained at K=50, evaluated at K. Task k of a given K is the same for every rule.",
-        tasks=EVAL_TASKS, seed=EVAL_SEED, test_classes=TEST_CLASSES, rows=rows))
+                                     trials=int(theta.shape[0]), accuracy=rounded([float(v) for v in a])))
+            write_json_atomic(path, dict(
+                description="Query accuracy on new tasks from the 5 held-out digit classes; per_K: meta-trained at "
+                            "K, from_K50: meta-trained at K=50, evaluated at K. Task k of a given K is the same for "
+                            "every rule.",
+                tasks=EVAL_TASKS, seed=EVAL_SEED, test_classes=TEST_CLASSES, rows=rows))
+    if missing:
+        if partial:
+            print(f"{len(missing)} cells not finished yet: {', '.join(missing)}")
+            return
+        raise SystemExit(f"cells not finished: {', '.join(missing)}; run `scripts/beyond_paper.py scarce`")
     scarce_table(rows).to_csv(OUT / "scarce_table.csv", index=False, float_format="%.4f")
-    print(f"wrote {OUT / 'scarce_eval.json'} and {OUT / 'scarce_table.csv'}")
+    print(f"wrote {path} and {OUT / 'scarce_table.csv'}")
+
+
+def _finished(folder: Path) -> bool:
+    """A cell whose run wrote its theta.json and reached the sweep's episode count."""
+    if not (folder / "theta.json").is_file():
+        return False
+    last = (folder / "history.csv").read_text().rstrip().rsplit("\n", 1)[-1].split(",")[1]
+    return int(last) >= read_config(folder)["episodes"]
 
 
 def scarce_table(rows: list[dict]) -> pd.DataFrame:
@@ -167,7 +200,7 @@ def run_online() -> None:
                         "300 held-out digits; weight_norm (T, S, L): ||W_l||_F; effective_rank (T, S, L-1): hidden "
                         "activations on the 300 held-out digits.",
             trials=ONLINE_TRIALS, seed=ONLINE_SEED, width=WIDTH, lr=LR, oja=OJA,
-            bio_theta_from="results/bio_20x600", runs=runs))
+            bio_theta_from="results/bio_20x600", runs=rounded(runs)))
 
     runs = online_study(online_rules(), DEPTHS, INIT_SCALES, WIDTH, ONLINE_TRIALS, ONLINE_SEED, STEPS, done=done,
                         on_result=save)
@@ -194,7 +227,7 @@ def run_lr_check() -> None:
         print(f"depth {r['depth']:2d} {r['rule']:24s} final accuracy {np.nanmean(np.asarray(r['accuracy'])[:, -1]):.3f} "
               f"({sum(r['diverged'])} diverged)", flush=True)
         write_json_atomic(path, dict(description="As deep_init.json, at 1x Xavier, with several learning rates.",
-                                     trials=ONLINE_TRIALS, seed=ONLINE_SEED, width=WIDTH, oja=OJA, runs=runs))
+                                     trials=ONLINE_TRIALS, seed=ONLINE_SEED, width=WIDTH, oja=OJA, runs=rounded(runs)))
 
     runs = online_study(rules, LR_CHECK_DEPTHS, (1.0,), WIDTH, ONLINE_TRIALS, ONLINE_SEED, STEPS, done=done,
                         on_result=save)
@@ -205,7 +238,8 @@ def run_lr_check() -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("what", choices=["scarce", "evaluate", "online", "all"],
-                   help="scarce: sweep + evaluation; evaluate: evaluation only; online: experiments 2-3")
+                   help="scarce: sweep + evaluation; evaluate: evaluation only (of the finished cells, while "
+                        "the sweep runs); online: experiments 2-3")
     p.add_argument("--workers", type=int, default=2, help="Dask workers for the sweep (default 2)")
     a = p.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -213,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.what in ("scarce", "all"):
         run_sweep(a.workers)
     if a.what in ("scarce", "evaluate", "all"):
-        evaluate_scarce()
+        evaluate_scarce(partial=a.what == "evaluate")
     if a.what in ("online", "all"):
         run_online()
         run_lr_check()
