@@ -161,6 +161,7 @@ def _check_playground(page, artifacts: Path) -> None:
     each redraw the figure (the image changes once the kernel is idle again)."""
     from playwright.sync_api import expect
 
+    from labkit.feedback_terms import FEEDBACK_TERMS
     from labkit.terms import TERMS
 
     box = page.locator(".jp-OutputArea-output > .jupyter-widgets.widget-vbox",
@@ -168,8 +169,9 @@ def _check_playground(page, artifacts: Path) -> None:
     expect(box).to_have_count(1)
     expect(box).to_be_visible()
     sliders = box.locator(".widget-slider")
-    expect(sliders).to_have_count(len(TERMS) + 1)  # one per plasticity term, and "samples"
-    for i in range(len(TERMS) + 1):
+    n_sliders = len(TERMS) + len(FEEDBACK_TERMS) + 1  # one per theta_r and phi_s, and "samples"
+    expect(sliders).to_have_count(n_sliders)
+    for i in range(n_sliders):
         expect(sliders.nth(i).locator(".noUi-handle")).to_be_visible()
     expect(box.locator(".widget-dropdown")).to_have_count(2)  # preset, feedback
     preset = box.locator(".widget-dropdown", has=page.locator("label", has_text=re.compile(r"^preset$")))
@@ -189,7 +191,7 @@ def _check_playground(page, artifacts: Path) -> None:
     new = next(o for o in ["FA (lr only)", *options] if o in options and o != current)
     preset.select_option(value=new)
     after_preset = bs.wait_for_new_figure(page, src, UPDATE_TIMEOUT_MS, f"choosing preset {new!r}")
-    expect(box.locator(".widget-html-content")).to_contain_text(f"{new}:")
+    expect(box.locator(".widget-html-content").first).to_contain_text(f"{new}:")  # the preset's source line
 
     # Move the eHebb slider (theta_2) one step with the keyboard: it redraws on release.
     handle = sliders.nth(1 + 2).locator(".noUi-handle")
