@@ -90,8 +90,8 @@ GROUPS: tuple[Group, ...] = (
     Group("02_", notebook="02_discovering_rules.ipynb"),
     Group("03_", notebook="03_interpreting_rules.ipynb"),
     Group("04_", notebook="04_playground.ipynb"),
-    # 05 reads the plastic-feedback runs; until they are committed it would draw tiny stand-ins
-    Group("05_", notebook="05_plastic_feedback.ipynb", needs="results/kp_lr/theta.json"),
+    # 05 reads the three plastic-feedback runs; until all are committed it would draw tiny stand-ins
+    Group("05_", notebook="05_plastic_feedback.ipynb", needs="results/pool_fbpool/theta.json"),
     Group("06_", notebook="06_beyond_the_paper.ipynb", needs="results/beyond/deep_init.json"),
 )
 
