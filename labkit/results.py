@@ -544,21 +544,15 @@ def write_theta(
     div = np.atleast_1d(_numpy(diverged)).astype(bool)
     if div.shape != (th.shape[0],):
         raise ValueError(f"diverged must have shape ({th.shape[0]},), got {div.shape}")
-    sel = th[:, terms]
-    usable = ~div & np.isfinite(sel).all(axis=1)
-    mean, low, high = bootstrap_ci(np.where(usable[:, None], sel, np.nan), level=level,
-                                   n_resamples=n_resamples, seed=seed)
-    names = [f"theta_{r}" for r in terms]
+    sel, stats, used = _coefficient_stats(th, terms, "theta", div, level, n_resamples, seed)
     out = {
         "terms": terms,
         "per_trial": sel.tolist(),
         "diverged": [bool(d) for d in div],
-        "mean": dict(zip(names, np.atleast_1d(mean).tolist())),
-        "ci_low": dict(zip(names, np.atleast_1d(low).tolist())),
-        "ci_high": dict(zip(names, np.atleast_1d(high).tolist())),
+        **stats,
         "level": level,
         "n_resamples": n_resamples,
-        "n_trials_used": int(usable.sum()),
+        "n_trials_used": used,
     }
     if (phi is None) != (feedback_terms is None):
         raise ValueError("give phi and feedback_terms together (a run with plastic feedback), or neither")
@@ -577,20 +571,29 @@ def _phi_summary(phi: Any, feedback_terms: Iterable[int], div: np.ndarray, level
         raise ValueError(f"phi must have shape ({div.shape[0]}, {N_FEEDBACK_TERMS}), got {ph.shape}")
     if any(not 0 <= s < N_FEEDBACK_TERMS for s in terms):
         raise ValueError(f"feedback terms must lie in 0..{N_FEEDBACK_TERMS - 1}, got {terms}")
-    sel = ph[:, terms]
-    usable = ~div & np.isfinite(sel).all(axis=1)
-    mean, low, high = bootstrap_ci(np.where(usable[:, None], sel, np.nan), level=level,
-                                   n_resamples=n_resamples, seed=seed)
-    names = [f"phi_{s}" for s in terms]
+    sel, stats, used = _coefficient_stats(ph, terms, "phi", div, level, n_resamples, seed)
     return {
         "terms": terms,
         "names": [FEEDBACK_TERM_NAMES[s] for s in terms],
         "per_trial": sel.tolist(),
-        "mean": dict(zip(names, np.atleast_1d(mean).tolist())),
-        "ci_low": dict(zip(names, np.atleast_1d(low).tolist())),
-        "ci_high": dict(zip(names, np.atleast_1d(high).tolist())),
-        "n_trials_used": int(usable.sum()),
+        **stats,
+        "n_trials_used": used,
     }
+
+
+def _coefficient_stats(values: np.ndarray, terms: list[int], symbol: str, div: np.ndarray, level: float,
+                       n_resamples: int, seed: int) -> tuple[np.ndarray, dict, int]:
+    """The columns ``terms`` of ``values (T, n)``, their ``mean``/``ci_low``/``ci_high`` keyed
+    ``{symbol}_{r}`` (bootstrap over the trials that did not diverge and are finite), and the
+    number of those trials."""
+    sel = values[:, terms]
+    usable = ~div & np.isfinite(sel).all(axis=1)
+    mean, low, high = bootstrap_ci(np.where(usable[:, None], sel, np.nan), level=level,
+                                   n_resamples=n_resamples, seed=seed)
+    names = [f"{symbol}_{r}" for r in terms]
+    stats = {k: dict(zip(names, np.atleast_1d(v).tolist())) for k, v in (("mean", mean), ("ci_low", low),
+                                                                          ("ci_high", high))}
+    return sel, stats, int(usable.sum())
 
 
 def _nulls_to_nan(d: dict) -> dict:

@@ -145,15 +145,21 @@ def save_figure(fig: Any, fig_dir: str | Path, filename: str) -> Path:
 def theta_vector(values: Mapping[int, float] | Sequence[float] | np.ndarray) -> np.ndarray:
     """A ``(N_TERMS,)`` float array (one theta_r per term of :data:`labkit.terms.TERMS`)
     from ``{term: value}`` or a full sequence of N_TERMS numbers."""
+    return _coefficients(values, N_TERMS, "theta", "unused terms")
+
+
+def _coefficients(values: Mapping[int, float] | Sequence[float] | np.ndarray, n: int, symbol: str,
+                  zeros_for: str) -> np.ndarray:
+    """``(n,)`` float array from ``{index: value}`` (the rest 0) or a full sequence of n numbers."""
     if isinstance(values, Mapping):
-        th = np.zeros(N_TERMS)
-        for r, v in values.items():
-            th[int(r)] = float(v)
-        return th
-    th = np.asarray(values, dtype=float).reshape(-1)
-    if th.shape != (N_TERMS,):
-        raise ValueError(f"theta needs {N_TERMS} numbers (zeros for unused terms), got {th.shape[0]}")
-    return th
+        out = np.zeros(n)
+        for i, v in values.items():
+            out[int(i)] = float(v)
+        return out
+    out = np.asarray(values, dtype=float).reshape(-1)
+    if out.shape != (n,):
+        raise ValueError(f"{symbol} needs {n} numbers (zeros for {zeros_for}), got {out.shape[0]}")
+    return out
 
 
 def phi_vector(values: Mapping[int, float] | Sequence[float] | np.ndarray | None) -> np.ndarray:
@@ -162,15 +168,7 @@ def phi_vector(values: Mapping[int, float] | Sequence[float] | np.ndarray | None
     N_FEEDBACK_TERMS numbers, or None (all zero: fixed feedback)."""
     if values is None:
         return np.zeros(N_FEEDBACK_TERMS)
-    if isinstance(values, Mapping):
-        ph = np.zeros(N_FEEDBACK_TERMS)
-        for s, v in values.items():
-            ph[int(s)] = float(v)
-        return ph
-    ph = np.asarray(values, dtype=float).reshape(-1)
-    if ph.shape != (N_FEEDBACK_TERMS,):
-        raise ValueError(f"phi needs {N_FEEDBACK_TERMS} numbers (zeros for fixed feedback terms), got {ph.shape[0]}")
-    return ph
+    return _coefficients(values, N_FEEDBACK_TERMS, "phi", "fixed feedback terms")
 
 
 def online_learning(

@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 from labkit.analysis import online_study, online_study_table, paired_comparison  # noqa: E402
 from labkit.evaluation import evaluate_rule  # noqa: E402
 from labkit.results import read_config, theta_matrix, write_json_atomic  # noqa: E402
-from labkit.terms import N_TERMS  # noqa: E402
+from labkit.tutorial import theta_vector  # noqa: E402
 
 OUT = ROOT / "results" / "beyond"
 SWEEP_FILE = ROOT / "scripts" / "beyond" / "scarce_data.toml"
@@ -171,16 +171,12 @@ def scarce_table(rows: list[dict]) -> pd.DataFrame:
 
 def online_rules() -> dict[str, tuple[str, np.ndarray]]:
     """label -> (feedback, theta rows (n, N_TERMS)); network i uses row i mod n."""
-    def vec(**kw):
-        v = np.zeros((1, N_TERMS))
-        for k, x in kw.items():
-            v[0, int(k[1:])] = x
-        return v
+    lr, lr_oja = theta_vector({0: LR})[None], theta_vector({0: LR, 9: OJA})[None]
     return {
-        "FA": ("fa", vec(t0=LR)),
-        "FA + Oja": ("fa", vec(t0=LR, t9=OJA)),
-        "BP": ("bp", vec(t0=LR)),
-        "BP + Oja": ("bp", vec(t0=LR, t9=OJA)),
+        "FA": ("fa", lr),
+        "FA + Oja": ("fa", lr_oja),
+        "BP": ("bp", lr),
+        "BP + Oja": ("bp", lr_oja),
         "F^bio (meta-learned)": ("fa", theta_matrix(BIO_RESULTS)),
     }
 
