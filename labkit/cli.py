@@ -197,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw the forward weights at this multiple of the Xavier scale")
     terms = ", ".join(f"{t.index} {t.name}" for t in TERMS)
     d.add_argument("--rule", default=_default("rule"),
-                   help=f"named rule ({', '.join(NAMED_RULES)}) or term numbers like '0,2,9' (0..{N_TERMS - 1})")
+                   help=f"named rule ({', '.join(NAMED_RULES)}), term numbers like '0,2,9' (0..{N_TERMS - 1}), "
+                        "or one term list per weight layer separated by '/', like '0,2/0/0' (Table 1)")
     d.add_argument("--terms", default=None, help=f"same as --rule with a list of term numbers, e.g. '0,2,9'; the terms: {terms}")
     d.add_argument("--feedback", default=None, choices=FEEDBACK_KINDS, metavar="PATHWAY",
                    help=_feedback_help("feedback pathway (default: from the rule, else fa)"))
@@ -321,7 +322,7 @@ def cmd_discover(a: argparse.Namespace) -> int:
     try:
         res = cfg.resolved()
         fb_name = res.feedback + (f"+{res.feedback_rule.replace(',', '-')}" if res.feedback_rule else "")
-        out = a.out or f"runs/{str(rule).replace(',', '-')}_{fb_name}_{a.dataset}_s{a.seed}"
+        out = a.out or f"runs/{str(rule).replace(',', '-').replace('/', '_')}_{fb_name}_{a.dataset}_s{a.seed}"
         probe = MetaTrainer(cfg, out=None)  # validates everything (and the data) before any work
     except errors as exc:
         return _fail(str(exc))

@@ -37,6 +37,7 @@ from .stats import bootstrap_ci
 from .terms import N_TERMS, theta_columns
 
 __all__ = [
+    "term_survival",
     "N_TERMS",
     "HISTORY_FILE",
     "CONFIG_FILE",
@@ -742,6 +743,33 @@ def _coefficient_matrix(entry: dict, n: int, where: Path, kind: str, what: str, 
     if diverged.shape != (len(rows),):
         raise ValueError(f"{where}: {diverged.size} diverged flags for {len(rows)} trials{what and ' of' + what}")
     return full[~diverged]
+
+
+def term_survival(folder: str | os.PathLike, keep: float = 0.8) -> dict:
+    """How often each term of a run's rule ends exactly nonzero, and the terms an L1 selection keeps.
+
+    Stage 1 of the two-stage selection (docs/reproduction.md, "The {0, 2, 9} selection"): a
+    run with the proximal L1 penalty ends some coefficients at exactly 0; a term *survives* a
+    trial when its final theta is nonzero there, and is *selected* when it survives in at
+    least ``keep`` of the non-diverged trials (stability selection; 0.8 by default).
+
+    Returns:
+        ``{"terms": the rule's terms, "trials": n, "survived": {term: count}, "keep": keep,
+        "selected": [terms with count >= keep * n]}``; counts over non-diverged trials.
+
+    Raises:
+        ValueError: ``keep`` outside (0, 1], or no trial left.
+    """
+    if not 0 < keep <= 1:
+        raise ValueError(f"keep is a fraction of the trials in (0, 1], got {keep}")
+    terms = [int(r) for r in read_theta(folder)["terms"]]
+    th = theta_matrix(folder)
+    if th.shape[0] == 0:
+        raise ValueError(f"{folder}: every trial diverged; there is nothing to select from")
+    counts = {r: int(np.count_nonzero(th[:, r])) for r in terms}
+    need = keep * th.shape[0]
+    return {"terms": terms, "trials": int(th.shape[0]), "survived": counts, "keep": keep,
+            "selected": [r for r in terms if counts[r] >= need - 1e-9]}
 
 
 def phi_matrix(folder: str | os.PathLike, include_diverged: bool = False) -> np.ndarray | None:

@@ -89,11 +89,21 @@ def _check_terms(terms: Iterable[int]) -> tuple[int, ...]:
 def make_rule(spec: str | Sequence[int] | Sequence[Sequence[int]], n_layers: int) -> Rule:
     """A rule from a name (``"fa"``, ``"bp"``, ``"dfa"``, ``"ehebb"``, ``"oja"``, ``"bio"``,
     ``"pool"``), a term list (``"0,2,9"`` or ``[0, 2, 9]``, same in every layer) or one
-    term list per layer (``[[0, 2], [0], [0, 9]]``)."""
+    term list per layer (``[[0, 2], [0], [0, 9]]``, or as text with layers separated by
+    ``/``: ``"0,2/0/0,9"``, weight layer 1 first)."""
     if isinstance(spec, str):
         key = spec.strip().lower()
         if key in NAMED_RULES:
             return Rule((NAMED_RULES[key],) * n_layers, name=key)
+        if "/" in key:
+            try:
+                layers = [[int(s) for s in part.replace(" ", "").split(",") if s != ""] for part in key.split("/")]
+            except ValueError:
+                raise ValueError(
+                    f"unknown per-layer rule {spec!r}; give each weight layer's term numbers, layers "
+                    "separated by '/', e.g. '0,2/0/0,9' for a network with 3 weight layers"
+                ) from None
+            return make_rule(layers, n_layers)
         try:
             spec = [int(s) for s in key.replace(" ", "").split(",") if s != ""]
         except ValueError:

@@ -37,6 +37,18 @@ def test_a_short_discover_run_writes_files_that_parse_with_the_documented_column
     assert th["terms"] == list(range(10)) and len(th["per_trial"]) == 2
 
 
+def test_discover_takes_one_term_list_per_layer_as_table_1_needs(tmp_path, capsys):
+    code, out, _ = run(capsys, "discover", "--hidden", "16,8", "--M", "3", "--K", "3", "--Q", "2", "--trials", "2",
+                       "--quiet", "--rule", "0/0,2/0", "--episodes", "2", "--out", str(tmp_path))
+    assert code == 0, out
+    cfg = read_config(tmp_path)
+    assert cfg["layer_terms"] == [[0], [0, 2], [0]] and cfg["terms"] == [0, 2]
+    th = read_theta(tmp_path)
+    assert th["terms"] == [0, 2] and all(len(t) == 2 for t in th["per_trial"])  # one theta per term, shared by layers
+    code, out, _ = run(capsys, "discover", "--hidden", "16,8", "--rule", "0/0,2", "--out", str(tmp_path / "bad"))
+    assert code != 0 and "2 entries but the network has 3" in out + _
+
+
 def test_evaluate_reads_a_results_folder_and_a_rule_given_on_the_command_line(tmp_path, capsys):
     run(capsys, "discover", *SMALL, "--rule", "bio", "--episodes", "2", "--out", str(tmp_path / "bio"))
     code, out, _ = run(capsys, "evaluate", "--hidden", "16", "--M", "3", "--K", "3", "--Q", "2", "--tasks", "4",

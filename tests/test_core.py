@@ -617,6 +617,8 @@ def test_per_layer_rules_as_in_table_1():
     expected[1, 0] = True
     expected[2, [0, 9]] = True
     assert torch.equal(rule.mask(), expected)
+    assert make_rule("0,2/0/0,9", 3) == rule  # the command line's spelling, layers separated by '/'
+    assert make_rule(" 2,0 / 0 / 9,0 ", 3).layer_terms == rule.layer_terms
 
 
 @pytest.mark.parametrize(
@@ -633,6 +635,9 @@ def test_per_layer_rules_as_in_table_1():
         ([[0], [0], [0], [0]], 3, "4 entries but the network has 3"),
         ([[0, 2], [0, 11], [0]], 3, r"0\.\.9"),
         ([[0, 2], [], [0]], 3, "at least one term"),
+        ("0,2/0", 3, "2 entries but the network has 3"),
+        ("0,2/x/0", 3, "layers separated by '/'"),
+        ("0,2//0", 3, "at least one term"),
     ],
 )
 def test_make_rule_rejects_bad_specs_with_a_clear_value_error(spec, n_layers, match):

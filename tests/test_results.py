@@ -11,6 +11,7 @@ import pytest
 
 from labkit import terms
 from labkit.results import (
+    term_survival,
     N_TERMS,
     HistoryWriter,
     final_accuracies,
@@ -312,6 +313,21 @@ def test_theta_matrix_rejects_a_malformed_theta_file(tmp_path):
     write_json_atomic(tmp_path / "theta.json", {"terms": [0, 2], "per_trial": [[1.0]], "diverged": [False]})
     with pytest.raises(ValueError, match="trial 0"):
         theta_matrix(tmp_path)
+
+
+def test_term_survival_counts_exact_zeros_over_non_diverged_trials_and_selects_by_share(tmp_path):
+    theta = np.zeros((6, 10))
+    theta[:, 0] = 1e-3                        # in all 5 kept trials
+    theta[[0, 1, 4], 2] = -0.01               # in 3 of 5
+    theta[:3, 9] = 0.004                      # in 3 of 5
+    theta[5, :] = 1.0                         # the diverged trial counts for nothing
+    write_theta(tmp_path, theta, [0, 2, 9], [False] * 5 + [True])
+    got = term_survival(tmp_path)
+    assert got["trials"] == 5 and got["survived"] == {0: 5, 2: 3, 9: 3}
+    assert got["selected"] == [0]            # 0.8 * 5 = 4 trials needed
+    assert term_survival(tmp_path, keep=0.6)["selected"] == [0, 2, 9]
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        term_survival(tmp_path, keep=0)
 
 
 def test_theta_matrix_of_a_committed_run_matches_its_theta_json():
