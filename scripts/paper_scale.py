@@ -11,9 +11,9 @@ The runs of ``results/paper/`` (docs/reproduction.md, "At the paper's scale"):
   3 weight layers, theta meta-learned per configuration (``table1_<layers>``, e.g.
   ``table1_2-3`` has eHebb in weight layers 2 and 3, ``table1_none`` in none).
 
-**One commit.** The first run pins the commit: every run is made by the labkit code of that
-commit, checked out (``git worktree``) in ``runs/paper-code``, so later commits to the
-library do not mix into the set. The tree must be clean when the pin is taken. Every
+**One commit.** The first run (or ``--pin``) pins the commit: every run is made by the labkit
+code of that commit, checked out (``git worktree``) in ``runs/paper-code``, so later commits
+to the library do not mix into the set. The tree must be clean when the pin is taken. Every
 ``config.json`` records the commit, the command line and the versions; the tests check that
 all folders of ``results/paper/`` record one commit and a clean tree.
 
@@ -79,7 +79,8 @@ def state(name: str) -> str:
 
 
 def pinned_commit() -> str:
-    """The commit of the runs already made (they must agree), else HEAD of a clean tree."""
+    """The commit of the runs already made (they must agree), else that of an existing
+    ``runs/paper-code`` checkout (``--pin`` made it), else HEAD of a clean tree."""
     commits = set()
     for cfg in sorted((ROOT / OUT).glob("*/config.json")):
         commits.add(json.loads(cfg.read_text())["versions"]["git_commit"])
@@ -87,6 +88,8 @@ def pinned_commit() -> str:
         sys.exit(f"results/paper mixes commits {sorted(commits)}; remove the runs of the wrong one")
     if commits:
         return commits.pop()
+    if (CODE / ".git").exists():
+        return _git("rev-parse", "HEAD", cwd=CODE)
     if _git("status", "--porcelain", "--untracked-files=no"):
         sys.exit("the first paper-scale run pins the commit: commit or stash your changes first")
     return _git("rev-parse", "HEAD")
@@ -130,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("names", nargs="*", help=f"runs to make (default: all missing), of: {', '.join(RUNS)}")
     p.add_argument("--list", action="store_true", help="list the runs and their state, run nothing")
+    p.add_argument("--pin", action="store_true", help="pin the commit now (check it out in runs/paper-code), run nothing")
     a = p.parse_args(argv)
     unknown = [n for n in a.names if n not in RUNS]
     if unknown:
@@ -140,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{n:14s} {state(n):8s} {' '.join(RUNS[n]) or '(the terms selected from pool)'}")
         return 0
     code = checkout(pinned_commit())
+    if a.pin:
+        print(f"pinned {_git('rev-parse', 'HEAD', cwd=code)} in {code}")
+        return 0
     for n in names:
         if state(n) == "done":
             continue
