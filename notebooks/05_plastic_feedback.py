@@ -310,9 +310,9 @@ plt.show()
 # | `bio_20x600` | `labkit discover --rule bio --trials 20 --episodes 600` | $F^{bio}$, $B$ fixed (notebook 02) |
 # | `kp_lr` | `labkit discover --rule fa --feedback-rule kp` | $\theta_0$ and $\phi_0, \phi_1$ |
 # | `bio_kp` | `labkit discover --rule bio --feedback-rule kp` | $F^{bio}$ and $\phi_0, \phi_1$ |
-# | `pool_fbpool` | `labkit discover --rule pool --feedback-rule pool` | all ten $\theta_r$ and all four $\phi_s$ |
+# | `pool_fbpool` | `labkit discover --rule pool --feedback-rule pool --l1 proximal --lam 0.1` | all ten $\theta_r$ and all four $\phi_s$, under L1 |
 #
-# (each with `--out results/<folder>`; the plastic runs are meant at 20 trials x 600 episodes,
+# (each with `--out results/<folder>`; the plastic runs at 20 trials x 600 episodes,
 # `--trials 20 --episodes 600`). The history of a plastic run has the columns `phi_0..phi_3`,
 # and its `weight_angle_l` columns measure the angle between $W_\ell$ and the *adapted* $B_\ell^\top$
 # at the end of each episode.
