@@ -275,6 +275,8 @@ def test_final_accuracy_with_every_trial_diverged_is_nan(tmp_path):
     ("fa_lr", (21.9, 20.6, 23.3)),
     ("bio_20x600", (81.4, 79.4, 83.0)),
     ("pool_20x600", (76.4, 69.0, 80.7)),
+    ("kp_lr", (56.2, 52.6, 60.0)),
+    ("bio_kp", (64.8, 56.8, 72.7)),
 ])
 def test_final_accuracy_reproduces_the_readme_table(name, numbers):
     folder = ROOT / "results" / name
