@@ -37,7 +37,6 @@ from .stats import bootstrap_ci
 from .terms import N_TERMS, theta_columns
 
 __all__ = [
-    "term_survival",
     "N_TERMS",
     "HISTORY_FILE",
     "CONFIG_FILE",
@@ -59,6 +58,7 @@ __all__ = [
     "final_accuracies",
     "final_accuracy",
     "theta_matrix",
+    "term_survival",
     "phi_matrix",
     "FolderBusyError",
     "FolderLock",
@@ -762,8 +762,9 @@ def term_survival(folder: str | os.PathLike, keep: float = 0.8) -> dict:
     """
     if not 0 < keep <= 1:
         raise ValueError(f"keep is a fraction of the trials in (0, 1], got {keep}")
-    terms = [int(r) for r in read_theta(folder)["terms"]]
-    th = theta_matrix(folder)
+    entry = read_theta(folder)
+    terms = [int(r) for r in entry["terms"]]
+    th = _coefficient_matrix(entry, N_TERMS, Path(folder) / THETA_FILE, "terms", "", include_diverged=False)
     if th.shape[0] == 0:
         raise ValueError(f"{folder}: every trial diverged; there is nothing to select from")
     counts = {r: int(np.count_nonzero(th[:, r])) for r in terms}

@@ -86,6 +86,11 @@ def _check_terms(terms: Iterable[int]) -> tuple[int, ...]:
     return ts
 
 
+def _term_numbers(text: str) -> list[int]:
+    """``"0, 2,9"`` -> ``[0, 2, 9]`` (empty items ignored); ValueError for a non-number."""
+    return [int(s) for s in text.replace(" ", "").split(",") if s != ""]
+
+
 def make_rule(spec: str | Sequence[int] | Sequence[Sequence[int]], n_layers: int) -> Rule:
     """A rule from a name (``"fa"``, ``"bp"``, ``"dfa"``, ``"ehebb"``, ``"oja"``, ``"bio"``,
     ``"pool"``), a term list (``"0,2,9"`` or ``[0, 2, 9]``, same in every layer) or one
@@ -97,7 +102,7 @@ def make_rule(spec: str | Sequence[int] | Sequence[Sequence[int]], n_layers: int
             return Rule((NAMED_RULES[key],) * n_layers, name=key)
         if "/" in key:
             try:
-                layers = [[int(s) for s in part.replace(" ", "").split(",") if s != ""] for part in key.split("/")]
+                layers = [_term_numbers(part) for part in key.split("/")]
             except ValueError:
                 raise ValueError(
                     f"unknown per-layer rule {spec!r}; give each weight layer's term numbers, layers "
@@ -105,7 +110,7 @@ def make_rule(spec: str | Sequence[int] | Sequence[Sequence[int]], n_layers: int
                 ) from None
             return make_rule(layers, n_layers)
         try:
-            spec = [int(s) for s in key.replace(" ", "").split(",") if s != ""]
+            spec = _term_numbers(key)
         except ValueError:
             raise ValueError(
                 f"unknown rule {spec!r}; use a name ({', '.join(NAMED_RULES)}) "
