@@ -72,8 +72,10 @@ def state(name: str) -> str:
     folder = ROOT / OUT / name
     history = folder / "history.csv"
     if (folder / "theta.json").is_file() and history.is_file() and not (folder / "parts").exists():
-        last = history.read_text().rstrip().rsplit("\n", 1)[-1].split(",")
-        if last[1] == str(EPISODES):  # trial,episode,...: the last trial's last episode
+        import pandas as pd
+
+        # a diverged trial's rows stop early, so look at the furthest episode of any trial
+        if int(pd.read_csv(history, usecols=["episode"])["episode"].max()) == EPISODES:
             return "done"
     return "partial" if folder.exists() else "missing"
 
