@@ -60,6 +60,7 @@ __all__ = [
     "theta_matrix",
     "term_survival",
     "phi_matrix",
+    "run_table",
     "FolderBusyError",
     "FolderLock",
     "check_writable",
@@ -790,3 +791,54 @@ def phi_matrix(folder: str | os.PathLike, include_diverged: bool = False) -> np.
         return None
     return _coefficient_matrix(ph, N_FEEDBACK_TERMS, Path(folder) / THETA_FILE, "feedback terms", " phi",
                                include_diverged)
+
+
+def _rule_text(cfg: dict) -> str:
+    """A run's rule as ``labkit discover --rule`` takes it: its name, or for a per-layer rule
+    the term lists of its weight layers (``0,2/0/0``)."""
+    layers = cfg.get("layer_terms")
+    if layers and len({tuple(ts) for ts in layers}) > 1:
+        return "/".join(",".join(map(str, ts)) for ts in layers)
+    return str(cfg.get("rule", "?"))
+
+
+def run_table(folders: Iterable[str | os.PathLike], labels: Iterable[str] | None = None,
+              level: float = 0.98) -> pd.DataFrame:
+    """One row per run folder: what it ran and what it reached, as the README and notebooks report it.
+
+    Columns: ``run`` (the label, default the folder's name), ``rule`` (:func:`_rule_text`),
+    ``feedback`` (the pathway, ``+ <feedback rule>`` when B was plastic), ``trials``,
+    ``episodes``, ``accuracy``/``ci_low``/``ci_high`` (:func:`final_accuracy`, fractions),
+    ``alpha_1..alpha_{L-1}``, ``weight_angle_1..weight_angle_L`` (degrees) and
+    ``ortho_1..ortho_L`` (:func:`final_values` averaged over the non-diverged trials),
+    ``theta_r`` / ``phi_s`` (mean final coefficients of the active terms, from
+    ``theta.json``), ``guarded`` (trial-episodes the guards acted on, besides divergences)
+    and ``diverged`` (trials). Runs of different depths share the frame; a column a run
+    lacks is NaN there.
+    """
+    folders = [Path(f) for f in folders]
+    names = [f.name for f in folders] if labels is None else list(labels)
+    if len(names) != len(folders):
+        raise ValueError(f"{len(names)} labels for {len(folders)} folders; give one label per folder")
+    rows = []
+    for name, folder in zip(names, folders):
+        df, cfg, th = read_history(folder), read_config(folder), read_theta(folder)
+        L = history_n_layers(df)
+        m, lo, hi = final_accuracy(df, level=level)
+        feedback = str(cfg.get("feedback", "?")) + (f" + {cfg['feedback_rule']}" if cfg.get("feedback_rule") else "")
+        row: dict[str, Any] = {"run": name, "rule": _rule_text(cfg), "feedback": feedback,
+                               "trials": int(df["trial"].nunique()), "episodes": int(df["episode"].max()),
+                               "accuracy": m, "ci_low": lo, "ci_high": hi}
+        for col in ([f"alpha_{l}" for l in range(1, L)] + [f"weight_angle_{l}" for l in range(1, L + 1)]
+                    + [f"ortho_{l}" for l in range(1, L + 1)]):
+            v = final_values(df, col).to_numpy(dtype=float) if col in df.columns else np.array([])
+            row[col] = float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else math.nan
+        row.update(th["mean"])
+        ph = th.get("phi")
+        if isinstance(ph, dict):
+            row.update(ph["mean"])
+        diverged = int(df.groupby("trial")["diverged"].max().sum())
+        row["guarded"] = int((df["guarded"].fillna("") != "").sum() - df["diverged"].sum())
+        row["diverged"] = diverged
+        rows.append(row)
+    return pd.DataFrame(rows)

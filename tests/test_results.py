@@ -22,6 +22,7 @@ from labkit.results import (
     read_config,
     read_history,
     read_theta,
+    run_table,
     theta_matrix,
     write_config,
     write_json_atomic,
@@ -344,6 +345,34 @@ def test_theta_matrix_of_a_committed_run_matches_its_theta_json():
             assert full[:, r].mean() == pytest.approx(th["mean"][f"theta_{r}"])
         else:
             assert (full[:, r] == 0).all()
+
+
+def test_run_table_reports_each_run_as_final_accuracy_final_values_and_theta_json_do():
+    folders = [ROOT / "results" / n for n in ("bio_20x600", "bio_kp")]
+    if not all((f / "theta.json").is_file() for f in folders):
+        pytest.skip("no committed results for bio_20x600 / bio_kp")
+    table = run_table(folders, labels=["fixed B", "plastic B"]).set_index("run")
+    for label, folder in zip(["fixed B", "plastic B"], folders):
+        row = table.loc[label]
+        assert (row.accuracy, row.ci_low, row.ci_high) == final_accuracy(folder)
+        assert row.alpha_4 == pytest.approx(final_values(folder, "alpha_4").mean())
+        assert row.theta_2 == read_theta(folder)["mean"]["theta_2"]
+        assert (row.trials, row.episodes) == (20, 600)
+    assert table.loc["fixed B", "feedback"] == "fa" and np.isnan(table.loc["fixed B", "phi_1"])
+    assert table.loc["plastic B", "feedback"] == "fa + kp" and table.loc["plastic B", "phi_1"] < 0
+    assert table.loc["plastic B", "diverged"] == 2
+    with pytest.raises(ValueError, match="one label per folder"):
+        run_table(folders, labels=["only one"])
+
+
+def test_run_table_writes_a_per_layer_rule_as_the_command_line_takes_it(tmp_path):
+    w = HistoryWriter(tmp_path, 3)
+    w.append([_row(0, 1), _row(0, 2)])
+    write_theta(tmp_path, np.full((1, 10), 1e-3), [0, 2], [False])
+    write_config(tmp_path, {"rule": "per-layer", "feedback": "fa", "layer_terms": [[0], [0, 2], [0, 2]]})
+    row = run_table([tmp_path]).iloc[0]
+    assert row.rule == "0/0,2/0,2" and row.feedback == "fa"
+    assert row.alpha_1 == 80.0 and row.ortho_3 == 1.0 and row.accuracy == pytest.approx(0.215)
 
 
 def test_final_values_of_other_columns_follow_the_same_rules(tmp_path):
