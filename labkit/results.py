@@ -746,31 +746,42 @@ def _coefficient_matrix(entry: dict, n: int, where: Path, kind: str, what: str, 
     return full[~diverged]
 
 
-def term_survival(folder: str | os.PathLike, keep: float = 0.8) -> dict:
+def term_survival(folder: str | os.PathLike, keep: float = 0.8, coefficients: str = "theta") -> dict:
     """How often each term of a run's rule ends exactly nonzero, and the terms an L1 selection keeps.
 
     Stage 1 of the two-stage selection (docs/reproduction.md, "The {0, 2, 9} selection"): a
     run with the proximal L1 penalty ends some coefficients at exactly 0; a term *survives* a
-    trial when its final theta is nonzero there, and is *selected* when it survives in at
-    least ``keep`` of the non-diverged trials (stability selection; 0.8 by default).
+    trial when its final coefficient is nonzero there, and is *selected* when it survives in
+    at least ``keep`` of the non-diverged trials (stability selection; 0.8 by default).
+    ``coefficients="phi"`` does the same for the feedback terms of a run with plastic
+    feedback (the L1 penalty acts on phi too).
 
     Returns:
-        ``{"terms": the rule's terms, "trials": n, "survived": {term: count}, "keep": keep,
-        "selected": [terms with count >= keep * n]}``; counts over non-diverged trials.
+        ``{"terms": the rule's (or feedback rule's) terms, "trials": n, "survived": {term:
+        count}, "keep": keep, "selected": [terms with count >= keep * n]}``; counts over
+        non-diverged trials.
 
     Raises:
-        ValueError: ``keep`` outside (0, 1], or no trial left.
+        ValueError: ``keep`` outside (0, 1], ``coefficients`` not "theta" or "phi", phi asked
+            of a run whose feedback was fixed, or no trial left.
     """
     if not 0 < keep <= 1:
         raise ValueError(f"keep is a fraction of the trials in (0, 1], got {keep}")
-    entry = read_theta(folder)
+    if coefficients == "theta":
+        entry, n, kind, what = read_theta(folder), N_TERMS, "terms", ""
+    elif coefficients == "phi":
+        entry, n, kind, what = read_phi(folder), N_FEEDBACK_TERMS, "feedback terms", " phi"
+        if entry is None:
+            raise ValueError(f"{folder}: the run's feedback was fixed; it has no phi to select from")
+    else:
+        raise ValueError(f'coefficients is "theta" or "phi", got {coefficients!r}')
     terms = [int(r) for r in entry["terms"]]
-    th = _coefficient_matrix(entry, N_TERMS, Path(folder) / THETA_FILE, "terms", "", include_diverged=False)
-    if th.shape[0] == 0:
+    values = _coefficient_matrix(entry, n, Path(folder) / THETA_FILE, kind, what, include_diverged=False)
+    if values.shape[0] == 0:
         raise ValueError(f"{folder}: every trial diverged; there is nothing to select from")
-    counts = {r: int(np.count_nonzero(th[:, r])) for r in terms}
-    need = keep * th.shape[0]
-    return {"terms": terms, "trials": int(th.shape[0]), "survived": counts, "keep": keep,
+    counts = {r: int(np.count_nonzero(values[:, r])) for r in terms}
+    need = keep * values.shape[0]
+    return {"terms": terms, "trials": int(values.shape[0]), "survived": counts, "keep": keep,
             "selected": [r for r in terms if counts[r] >= need - 1e-9]}
 
 

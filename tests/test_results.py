@@ -331,6 +331,19 @@ def test_term_survival_counts_exact_zeros_over_non_diverged_trials_and_selects_b
     assert term_survival(tmp_path, keep=0.6)["selected"] == [0, 2, 9]
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         term_survival(tmp_path, keep=0)
+    with pytest.raises(ValueError, match="no phi"):
+        term_survival(tmp_path, coefficients="phi")
+
+
+def test_term_survival_of_the_feedback_terms_counts_phi(tmp_path):
+    phi = np.zeros((4, 4))
+    phi[:, 0] = 0.01                          # Kolen-Pollack in every trial
+    phi[0, 3] = -1e-4                         # Oja-like in one
+    write_theta(tmp_path, np.full((4, 10), 1e-3), [0], [False] * 4, phi=phi, feedback_terms=[0, 1, 3])
+    got = term_survival(tmp_path, coefficients="phi")
+    assert got["survived"] == {0: 4, 1: 0, 3: 1} and got["selected"] == [0]
+    with pytest.raises(ValueError, match='"theta" or "phi"'):
+        term_survival(tmp_path, coefficients="B")
 
 
 def test_theta_matrix_of_a_committed_run_matches_its_theta_json():
