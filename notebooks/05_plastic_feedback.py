@@ -413,6 +413,13 @@ plt.show()
 # * The angle panels tell whether the gain comes with alignment: a falling $W$-vs-$B^\top$ angle in
 #   the plastic runs, but not in `fa_lr`, is the signature of Kolen-Pollack at work.
 #
+# What the committed 20 x 600 runs show (docs/plastic-feedback.md, "Results"): with FA alone,
+# plastic feedback lifts the learning-rate-only rule from 21.9% to 56.2%, still below BP's
+# 77.7%. On top of $F^{bio}$ and $F^{pool}$ it *costs* accuracy (64.8% against 81.4%; 62.9%
+# against 76.4%), with a much wider spread over trials. Meta-learning keeps $\phi_0 > 0$
+# everywhere but makes the decay negative, so $B$ grows, and the $W$-vs-$B^\top$ angles stay
+# near $90^\circ$.
+#
 # **Think!** In `pool_fbpool` all four $\phi_s$ are free. Which of them would you expect to stay
 # near 0, and why? Compare with the forward pool, where the L1 penalty of notebook 02 removed
 # most terms.

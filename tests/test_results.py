@@ -278,6 +278,7 @@ def test_final_accuracy_with_every_trial_diverged_is_nan(tmp_path):
     ("pool_20x600", (76.4, 69.0, 80.7)),
     ("kp_lr", (56.2, 52.6, 60.0)),
     ("bio_kp", (64.8, 56.8, 72.7)),
+    ("pool_fbpool", (62.9, 51.4, 74.7)),
 ])
 def test_final_accuracy_reproduces_the_readme_table(name, numbers):
     folder = ROOT / "results" / name
