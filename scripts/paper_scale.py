@@ -21,12 +21,14 @@ Each run checkpoints; running the script again resumes the unfinished run and sk
 ones, so the set can be made over several sittings. Usage (from the repository root)::
 
     .venv/bin/python scripts/paper_scale.py --list          # the runs and their state
+    .venv/bin/python scripts/paper_scale.py --table         # results/README.md's table of the finished runs
     .venv/bin/python scripts/paper_scale.py                 # run what is missing, in order
     .venv/bin/python scripts/paper_scale.py fa_lr bio       # only these
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -131,10 +133,21 @@ def run(name: str, code: Path) -> int:
     return subprocess.run([str(ROOT / ".venv" / "bin" / "labkit"), *argv], cwd=ROOT, env=env).returncode
 
 
+def print_table(names: list[str]) -> None:
+    """The finished runs among ``names``, in the set's order, as ``scripts/summarize.py`` prints
+    them; ``results/README.md`` carries this table and a test checks that the two agree."""
+    spec = importlib.util.spec_from_file_location("summarize", ROOT / "scripts" / "summarize.py")
+    summarize = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summarize)
+    summarize.main([str(ROOT / OUT / n) for n in RUNS if n in names and state(n) == "done"])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("names", nargs="*", help=f"runs to make (default: all missing), of: {', '.join(RUNS)}")
     p.add_argument("--list", action="store_true", help="list the runs and their state, run nothing")
+    p.add_argument("--table", action="store_true",
+                   help="print the finished runs' table (scripts/summarize.py, in the order above), run nothing")
     p.add_argument("--pin", action="store_true", help="pin the commit now (check it out in runs/paper-code), run nothing")
     a = p.parse_args(argv)
     unknown = [n for n in a.names if n not in RUNS]
@@ -144,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.list:
         for n in RUNS:
             print(f"{n:14s} {state(n):8s} {' '.join(RUNS[n]) or '(the terms selected from pool)'}")
+        return 0
+    if a.table:
+        print_table(names)
         return 0
     code = checkout(pinned_commit())
     if a.pin:

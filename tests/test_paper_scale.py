@@ -67,3 +67,15 @@ def test_every_paper_scale_folder_records_one_clean_commit_its_command_and_the_p
         assert (cfg["trials"], cfg["episodes"], cfg["seed"]) == (20, 600, 0), name
         assert cfg["command"].startswith("labkit discover ") and f"--out results/paper/{name}" in cfg["command"]
         assert (PAPER / name / "theta.json").is_file() and (PAPER / name / "history.csv").is_file()
+
+
+def test_results_readme_lists_every_finished_paper_scale_run_as_the_script_prints_it(capsys):
+    ps = _script()
+    readme = (ROOT / "results" / "README.md").read_text()
+    start = readme.index("<!-- paper-table: scripts/paper_scale.py --table -->\n")
+    listed = readme[readme.index("\n", start) + 1:readme.index("<!-- /paper-table -->")]
+    ps.print_table(list(ps.RUNS))
+    printed = capsys.readouterr().out
+    assert listed == printed, "results/README.md's paper-scale table is stale: paste `scripts/paper_scale.py --table`"
+    for name in _paper_configs():
+        assert f"| {name} |" in listed, f"results/paper/{name} is committed but not listed in results/README.md"
