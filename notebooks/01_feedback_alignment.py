@@ -39,10 +39,11 @@
 #    which motivates meta-learning a whole plasticity rule (notebooks 02 and 03).
 #
 # Expensive meta-training runs are not repeated here: the notebook reads the committed result
-# folders in `RESULTS_DIR` (`fa_lr`, `bp_lr`, `dfa_lr`, and `bio` when present). If a folder is
-# missing, or in smoke mode, it runs a *tiny* meta-training afresh so that every cell still
-# works, and says so; tiny runs show the mechanics only, their curves are noise. The helpers the
-# notebooks share (`load_or_run`, `online_learning`, `save_figure`) live in `labkit.tutorial`.
+# folders in `RESULTS_DIR` (`paper/fa_lr`, `paper/bp_lr`, `paper/dfa_lr`, and `bio` when
+# present). If a folder is missing, or in smoke mode, it runs a *tiny* meta-training afresh so
+# that every cell still works, and says so; tiny runs show the mechanics only, their curves are
+# noise. The helpers the notebooks share (`load_or_run`, `online_learning`, `save_figure`) live
+# in `labkit.tutorial`.
 
 # %% Setup: imports, seeds, threads
 import os
@@ -293,19 +294,20 @@ for k in shown:
 # episode draws a 5-way task (K = 50 training and Q = 10 query images per class), re-initialises
 # $W$ and $B$, trains online on the 250 training images with $\Delta W = -\theta_0 e\,y^\top$, and
 # takes an Adam step on $\theta_0$ against the query loss, with the exact gradient through the
-# whole episode. We compare FA, BP and DFA. The committed runs were made with
+# whole episode. We compare FA, BP and DFA. The committed runs are part of the paper-scale set
+# (20 trials x 600 episodes, all made by one commit; `scripts/paper_scale.py`), e.g.
 #
 # ```
-# labkit discover --rule fa  --out results/fa_lr
-# labkit discover --rule bp  --out results/bp_lr
-# labkit discover --rule dfa --out results/dfa_lr
+# labkit discover --rule fa  --trials 20 --episodes 600 --workers 2 --compile on --out results/paper/fa_lr
+# labkit discover --rule bp  --trials 20 --episodes 600 --workers 2 --compile on --out results/paper/bp_lr
+# labkit discover --rule dfa --trials 20 --episodes 600 --workers 2 --compile on --out results/paper/dfa_lr
 # ```
 
 # %%
 meta = {
-    "FA": load_or_run("fa_lr", RESULTS_DIR, SMOKE, rule="fa"),
-    "BP": load_or_run("bp_lr", RESULTS_DIR, SMOKE, rule="bp"),
-    "DFA": load_or_run("dfa_lr", RESULTS_DIR, SMOKE, rule="dfa"),
+    "FA": load_or_run("fa_lr", f"{RESULTS_DIR}/paper", SMOKE, rule="fa"),
+    "BP": load_or_run("bp_lr", f"{RESULTS_DIR}/paper", SMOKE, rule="bp"),
+    "DFA": load_or_run("dfa_lr", f"{RESULTS_DIR}/paper", SMOKE, rule="dfa"),
 }
 for label, run in meta.items():
     mean, lo, hi = results.final_accuracy(run.history)  # per trial the mean of the last 10 episodes
@@ -342,9 +344,10 @@ plt.show()
 # In the paper (EMNIST, 600 episodes) the meta-learned learning rate converges within ~100
 # episodes, and the meta-accuracy plateaus at ~25% for FA against ~70% for BP; DFA ends in
 # between. FA's alignment angles stay poor: no learning rate makes the random feedback useful
-# within 250 samples. The committed digits runs agree for FA (about 22%) and BP (about 78%), but
-# not for DFA, which ends *below* FA (about 19%, 150 episodes): Supp. Fig. S1 does not reproduce
-# here (docs/reproduction.md; the printout above gives the exact numbers).
+# within 250 samples. The committed digits runs agree for FA (about 23%, where chance is 20%)
+# and BP (about 81%), but not for DFA, which ends *below* FA, at chance (about 21%): Supp. Fig. S1
+# does not reproduce here (docs/reproduction.md explains why; the printout above gives the exact
+# numbers).
 #
 # **Think!** Why is $\theta_0$ alone not enough? A learning rate scales the update
 # $-\theta_0 e_\ell y_{\ell-1}^\top$ but cannot change its *direction*: with $e_\ell$ far from

@@ -65,7 +65,7 @@ def test_compare_finds_each_kind_of_problem(tmp_path: Path):
     problems = figures.compare(committed, fresh)
     assert [(p.file, p.kind) for p in problems] == [("fig3_theta.png", "differs")]
     assert "4.500% of pixels (900 of 20000)" in problems[0].detail
-    assert problems[0].command.startswith(".venv/bin/labkit figures results/fa_lr") and "--prefix fig3_" in problems[0].command
+    assert problems[0].command.startswith(".venv/bin/labkit figures results/paper/fa_lr") and "--prefix fig3_" in problems[0].command
     assert "fig3_theta.png" in str(problems[0]) and "regenerate with:" in str(problems[0])
 
     # faint changes (antialiasing) and a few full-contrast pixels are within the tolerance

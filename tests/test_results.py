@@ -279,6 +279,12 @@ def test_final_accuracy_with_every_trial_diverged_is_nan(tmp_path):
     ("kp_lr", (56.2, 52.6, 60.0)),
     ("bio_kp", (64.8, 56.8, 72.7)),
     ("pool_fbpool", (62.9, 51.4, 74.7)),
+    ("paper/fa_lr", (23.0, 21.7, 24.1)),
+    ("paper/bp_lr", (81.0, 79.0, 83.0)),
+    ("paper/dfa_lr", (21.0, 19.9, 22.0)),
+    ("paper/usf_lr", (76.2, 74.1, 78.1)),
+    ("paper/frsf_lr", (71.8, 69.6, 74.2)),
+    ("paper/drtp_lr", (13.5, 11.5, 15.2)),
 ])
 def test_final_accuracy_reproduces_the_readme_table(name, numbers):
     folder = ROOT / "results" / name
