@@ -31,17 +31,6 @@ RESULTS = ROOT / "results"
 LABKIT = ".venv/bin/labkit"  # as the commands are printed (run from the repository root)
 KERNEL = "python3"
 
-# The notebooks' live experiments include chaotic ones: FA and DFA trained online near their
-# largest stable learning rate, B learning by Kolen-Pollack. A last-bit difference in a matrix
-# product moves their curves by tens of points after ~800 samples, and the last bits depend on
-# the CPU: the same notebook on a machine with AVX-512 and one without drew different figures
-# (measured 2026-12-02: FA's final test accuracy 0.57/0.26/0.33 against 0.57/0.20/0.42 in its 3
-# trials, in float32; float64 fixed FA but not DFA). So figures are made in one numeric mode that
-# every x86-64 CPU with AVX2 computes bit for bit: MKL's conditional numerical reproducibility on
-# its AVX2 code path and PyTorch's and oneDNN's AVX2 kernels (about as fast as the default; the
-# portable "COMPATIBLE" mode was 4x slower). The notebook kernels inherit it.
-NUMERICS = {"MKL_CBWR": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-
 
 @dataclass(frozen=True)
 class Group:
@@ -74,8 +63,7 @@ class Group:
         args = ["../.venv/bin/papermill", self.notebook, "$(mktemp -d)/" + self.notebook, "-k", KERNEL, "--cwd", "."]
         for k, v in params:
             args += ["-p", k, str(v)]
-        env = " ".join(f"{k}={v}" for k, v in NUMERICS.items())
-        return f"(cd notebooks && MPLBACKEND=Agg {env} " + " ".join(a if a.startswith("$(") else shlex.quote(a) for a in args) + ")"
+        return "(cd notebooks && MPLBACKEND=Agg " + " ".join(a if a.startswith("$(") else shlex.quote(a) for a in args) + ")"
 
 
 def _run_20x600(rule: str) -> str:
@@ -86,9 +74,8 @@ def _run_20x600(rule: str) -> str:
 # The one list. The labkit calls were those of scripts/reproduce.sh; each writes
 # {prefix}{meta_accuracy,meta_loss,theta,alignment,orthonormality}.png.
 GROUPS: tuple[Group, ...] = (
-    Group("fig3_", labkit=("results/paper/fa_lr", "results/paper/bp_lr", "results/paper/dfa_lr", "results/paper/usf_lr",
-                           "results/paper/frsf_lr", "results/paper/drtp_lr",
-                           "--labels", "FA", "BP", "DFA", "uSF", "frSF", "DRTP")),
+    Group("fig3_", labkit=("results/fa_lr", "results/bp_lr", "results/dfa_lr", "results/usf_lr", "results/frsf_lr",
+                           "results/drtp_lr", "--labels", "FA", "BP", "DFA", "uSF", "frSF", "DRTP")),
     Group("pathways_bio_", labkit=("results/bio", "results/usf_bio", "results/frsf_bio", "results/drtp_bio",
                                    "--labels", "bio, FA", "bio, uSF", "bio, frSF", "bio, DRTP")),
     Group("fig4_", labkit=("results/fa_lr", "results/bp_lr", _run_20x600("pool"), _run_20x600("bio"),
@@ -138,11 +125,10 @@ def _run_group(group: Group, out: Path, executed: Path, kernel: str) -> None:
         if code:
             raise RegenerationError(f"{group.name}: exit {code} from\n  {group.command()}\n{buf.getvalue()[-2000:]}")
         return
+    os.environ["MPLBACKEND"] = "Agg"  # the kernel inherits it
     import papermill
 
     parameters = {"SMOKE": False, "RESULTS_DIR": str(RESULTS), "FIG_DIR": str(out), **group.parameters}
-    saved = {k: os.environ.get(k) for k in ("MPLBACKEND", *NUMERICS)}
-    os.environ.update(MPLBACKEND="Agg", **NUMERICS)  # the kernel inherits them
     try:
         papermill.execute_notebook(str(ROOT / "notebooks" / group.notebook), str(executed / group.notebook),
                                    parameters=parameters, kernel_name=kernel, cwd=str(ROOT / "notebooks"),
@@ -150,12 +136,6 @@ def _run_group(group: Group, out: Path, executed: Path, kernel: str) -> None:
     except Exception as exc:  # papermill's PapermillExecutionError names the failing cell
         raise RegenerationError(f"{group.name} failed ({exc.__class__.__name__}) from\n  {group.command()}\n"
                                 f"{str(exc)[-3000:]}") from exc
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def regenerate(out_dir: str | os.PathLike, kernel: str = KERNEL, executed_dir: str | os.PathLike | None = None,

@@ -1,23 +1,8 @@
-"""Test-wide settings: a headless matplotlib backend, a fixed thread count, and one numeric
-mode for every x86-64 CPU with AVX2, so that float results are reproducible bit for bit between
-runs and between machines (the golden records, the committed figures)."""
-import importlib.util
+"""Test-wide settings: a headless matplotlib backend, and a fixed thread count so that
+float results are reproducible between runs on the same machine."""
 import os
-import sys
-from pathlib import Path
 
 os.environ.setdefault("MPLBACKEND", "Agg")
-
-# scripts/figures.py's NUMERICS (MKL's reproducible AVX2 path, PyTorch's and oneDNN's AVX2
-# kernels), set before torch loads: its kernels are chosen once, at start-up. Without it a
-# machine with AVX-512 computes other last bits than one without, and a meta-training run
-# amplifies them (the golden records failed on such a machine).
-_spec = importlib.util.spec_from_file_location("_figures", Path(__file__).resolve().parents[1] / "scripts" / "figures.py")
-_figures = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = _figures  # its dataclasses look their module up there
-_spec.loader.exec_module(_figures)
-for _k, _v in _figures.NUMERICS.items():
-    os.environ.setdefault(_k, _v)
 
 import torch  # noqa: E402
 

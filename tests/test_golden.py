@@ -99,19 +99,3 @@ def test_evaluate_rule_gives_the_recorded_accuracies_exactly():
         assert len(now) == len(recorded[feedback]) == kw["tasks"]
         for task, (x, y) in enumerate(zip(recorded[feedback], now)):
             assert x == y, f"evaluate_rule with feedback {feedback}, task {task}: recorded {x!r}, now {y!r}"
-
-
-def _cpu_has_avx2() -> bool:
-    try:
-        return " avx2" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
-def test_the_tests_run_in_the_numeric_mode_the_records_were_made_in():
-    """tests/conftest.py pins PyTorch's CPU kernels and MKL's code path before torch loads;
-    without that, a CPU with AVX-512 computes other last bits than one without."""
-    if not _cpu_has_avx2():
-        pytest.skip("this CPU has no AVX2; the records' numeric mode needs it")
-    assert torch.backends.cpu.get_cpu_capability() == "AVX2"
-    assert os.environ["MKL_CBWR"] == "AVX2"

