@@ -74,8 +74,9 @@ def _run_20x600(rule: str) -> str:
 # The one list. The labkit calls were those of scripts/reproduce.sh; each writes
 # {prefix}{meta_accuracy,meta_loss,theta,alignment,orthonormality}.png.
 GROUPS: tuple[Group, ...] = (
-    Group("fig3_", labkit=("results/fa_lr", "results/bp_lr", "results/dfa_lr", "results/usf_lr", "results/frsf_lr",
-                           "results/drtp_lr", "--labels", "FA", "BP", "DFA", "uSF", "frSF", "DRTP")),
+    Group("fig3_", labkit=("results/paper/fa_lr", "results/paper/bp_lr", "results/paper/dfa_lr", "results/paper/usf_lr",
+                           "results/paper/frsf_lr", "results/paper/drtp_lr",
+                           "--labels", "FA", "BP", "DFA", "uSF", "frSF", "DRTP")),
     Group("pathways_bio_", labkit=("results/bio", "results/usf_bio", "results/frsf_bio", "results/drtp_bio",
                                    "--labels", "bio, FA", "bio, uSF", "bio, frSF", "bio, DRTP")),
     Group("fig4_", labkit=("results/fa_lr", "results/bp_lr", _run_20x600("pool"), _run_20x600("bio"),
