@@ -84,7 +84,7 @@ GROUPS: tuple[Group, ...] = (
     Group("pool20x600_", labkit=("results/pool_20x600", "--labels", "pool 20x600"), needs="results/pool_20x600/theta.json"),
     Group("bio20x600_", labkit=("results/bio_20x600", "--labels", "bio 20x600"), needs="results/bio_20x600/theta.json"),
     Group("fig5_", labkit=("results/fa_lr", "results/ehebb", "results/bio", "--labels", "FA", "eHebb", "bio")),
-    Group("fig7_", labkit=("results/fa_lr", "results/oja", "--labels", "FA", "Oja")),
+    Group("fig7_", labkit=("results/paper/fa_lr", "results/paper/oja", "--labels", "FA", "Oja")),
     # The committed 01_* figures were made on the bundled digits (MNIST is not in a checkout: the
     # notebook falls back to digits); pinning it keeps the check from depending on a local data/.
     Group("01_", notebook="01_feedback_alignment.ipynb", parameters={"DATASET": "digits"}),
