@@ -83,7 +83,8 @@ GROUPS: tuple[Group, ...] = (
                            "--labels", "FA", "BP", "pool", "bio")),
     Group("pool20x600_", labkit=("results/pool_20x600", "--labels", "pool 20x600"), needs="results/pool_20x600/theta.json"),
     Group("bio20x600_", labkit=("results/bio_20x600", "--labels", "bio 20x600"), needs="results/bio_20x600/theta.json"),
-    Group("fig5_", labkit=("results/fa_lr", "results/ehebb", "results/bio", "--labels", "FA", "eHebb", "bio")),
+    Group("fig5_", labkit=("results/paper/fa_lr", "results/paper/ehebb", "results/paper/bio",
+                           "--labels", "FA", "eHebb", "bio")),
     Group("fig7_", labkit=("results/paper/fa_lr", "results/paper/oja", "--labels", "FA", "Oja")),
     # The committed 01_* figures were made on the bundled digits (MNIST is not in a checkout: the
     # notebook falls back to digits); pinning it keeps the check from depending on a local data/.
