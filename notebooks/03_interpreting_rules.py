@@ -376,8 +376,9 @@ if finished:
     t1 = results.run_table(finished.values(), labels=finished.keys()).rename(columns={"run": "eHebb in layers"})
     t1["final meta-accuracy (98% CI)"] = [f"{100 * m:.1f}% ({100 * lo:.1f}-{100 * hi:.1f})"
                                           for m, lo, hi in zip(t1["accuracy"], t1["ci_low"], t1["ci_high"])]
+    histories = [results.read_history(folder) for folder in finished.values()]  # read once, used for both angles
     for a in ("alpha_1", "alpha_2"):  # the per-trial final angles and their CI
-        cis = [bootstrap_ci(results.final_values(folder, a).dropna().to_numpy()) for folder in finished.values()]
+        cis = [bootstrap_ci(results.final_values(h, a).dropna().to_numpy()) for h in histories]
         t1[f"{a} lo"], t1[f"{a} hi"] = [float(c[1]) for c in cis], [float(c[2]) for c in cis]
         t1[f"{a} (98% CI)"] = [f"{m:.1f} ({lo:.1f}-{hi:.1f})" for m, lo, hi in zip(t1[a], t1[f"{a} lo"], t1[f"{a} hi"])]
     meta_table1 = t1.set_index("eHebb in layers").reindex(columns=[
