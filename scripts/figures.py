@@ -66,21 +66,18 @@ class Group:
         return "(cd notebooks && MPLBACKEND=Agg " + " ".join(a if a.startswith("$(") else shlex.quote(a) for a in args) + ")"
 
 
-def _run_20x600(rule: str) -> str:
-    """The paper-scale run where present (PAPER_SCALE=1 bash scripts/reproduce.sh), else the 8 x 300 one."""
-    return f"results/{rule}_20x600" if (ROOT / f"results/{rule}_20x600/theta.json").is_file() else f"results/{rule}"
-
-
 # The one list. The labkit calls were those of scripts/reproduce.sh; each writes
 # {prefix}{meta_accuracy,meta_loss,theta,alignment,orthonormality}.png.
 GROUPS: tuple[Group, ...] = (
     Group("fig3_", labkit=("results/paper/fa_lr", "results/paper/bp_lr", "results/paper/dfa_lr", "results/paper/usf_lr",
                            "results/paper/frsf_lr", "results/paper/drtp_lr",
                            "--labels", "FA", "BP", "DFA", "uSF", "frSF", "DRTP")),
-    Group("pathways_bio_", labkit=("results/bio", "results/usf_bio", "results/frsf_bio", "results/drtp_bio",
+    Group("pathways_bio_", labkit=("results/paper/bio", "results/paper/usf_bio", "results/paper/frsf_bio",
+                                   "results/paper/drtp_bio",
                                    "--labels", "bio, FA", "bio, uSF", "bio, frSF", "bio, DRTP")),
-    Group("fig4_", labkit=("results/fa_lr", "results/bp_lr", _run_20x600("pool"), _run_20x600("bio"),
-                           "--labels", "FA", "BP", "pool", "bio")),
+    Group("fig4_", labkit=("results/paper/fa_lr", "results/paper/bp_lr", "results/paper/pool",
+                           "results/paper/pool_refit", "results/paper/bio",
+                           "--labels", "FA", "BP", "pool", "pool refit", "bio")),
     Group("pool20x600_", labkit=("results/pool_20x600", "--labels", "pool 20x600"), needs="results/pool_20x600/theta.json"),
     Group("bio20x600_", labkit=("results/bio_20x600", "--labels", "bio 20x600"), needs="results/bio_20x600/theta.json"),
     Group("fig5_", labkit=("results/paper/fa_lr", "results/paper/ehebb", "results/paper/bio",
