@@ -69,13 +69,29 @@ def test_every_paper_scale_folder_records_one_clean_commit_its_command_and_the_p
         assert (PAPER / name / "theta.json").is_file() and (PAPER / name / "history.csv").is_file()
 
 
-def test_results_readme_lists_every_finished_paper_scale_run_as_the_script_prints_it(capsys):
+@pytest.mark.parametrize("page", ["results/README.md", "docs/reproduction.md"])
+def test_each_page_lists_every_finished_paper_scale_run_as_the_script_prints_it(page, capsys):
     ps = _script()
-    readme = (ROOT / "results" / "README.md").read_text()
-    start = readme.index("<!-- paper-table: scripts/paper_scale.py --table -->\n")
-    listed = readme[readme.index("\n", start) + 1:readme.index("<!-- /paper-table -->")]
+    text = (ROOT / page).read_text()
+    start = text.index("<!-- paper-table: scripts/paper_scale.py --table -->\n")
+    listed = text[text.index("\n", start) + 1:text.index("<!-- /paper-table -->")]
     ps.print_table(list(ps.RUNS))
     printed = capsys.readouterr().out
-    assert listed == printed, "results/README.md's paper-scale table is stale: paste `scripts/paper_scale.py --table`"
+    assert listed == printed, f"{page}'s paper-scale table is stale: paste `scripts/paper_scale.py --table`"
     for name in _paper_configs():
-        assert f"| {name} |" in listed, f"results/paper/{name} is committed but not listed in results/README.md"
+        assert f"| {name} |" in listed, f"results/paper/{name} is committed but not listed in {page}"
+
+
+def test_the_set_is_complete_every_run_of_the_script_is_committed():
+    assert set(_paper_configs()) == set(_script().RUNS)
+
+
+def test_the_refit_meta_learns_exactly_the_terms_the_pool_kept_in_at_least_80_percent_of_its_trials():
+    from labkit.results import term_survival
+
+    configs = _paper_configs()
+    if not {"pool", "pool_refit"} <= set(configs):
+        pytest.skip("pool and pool_refit are not both committed")
+    selected = term_survival(PAPER / "pool", keep=_script().KEEP)["selected"]
+    assert configs["pool_refit"]["terms"] == selected
+    assert configs["pool_refit"]["lam"] == 0.0 and configs["pool"]["lam"] == 0.1
