@@ -195,13 +195,13 @@ for label, kind in PATHWAYS.items():
           f"({time.perf_counter() - t0:.1f} s)")
 
 # %% [markdown]
-# If a meta-learned bio rule is available (`RESULTS_DIR/bio/theta.json`, written by
+# If a meta-learned bio rule is available (`RESULTS_DIR/paper/bio/theta.json`, written by
 # `labkit discover --rule bio`), we add it: the same FA network and stream, but the rule
 # $\Delta W_\ell = \theta_0 F^0 + \theta_2 F^2 + \theta_9 F^9$ with the mean meta-learned
 # coefficients (notebook 02 explains where it comes from).
 
 # %%
-bio_folder = Path(RESULTS_DIR) / "bio"
+bio_folder = Path(RESULTS_DIR) / "paper" / "bio"
 if not SMOKE and (bio_folder / "theta.json").is_file():
     per_trial = results.theta_matrix(bio_folder)  # (trials, 10) final theta, diverged trials left out
     theta_bio = per_trial.mean(axis=0)
@@ -211,7 +211,7 @@ if not SMOKE and (bio_folder / "theta.json").is_file():
     print(f"FA + bio rule: final test accuracy {curves['FA + bio rule']['accuracy'][:, -1].mean():.2f}")
 else:
     print(f"no meta-learned bio rule at {bio_folder}" + (" (SMOKE mode)" if SMOKE else "")
-          + "; produce one with `labkit discover --rule bio --out results/bio`.")
+          + "; produce one with `labkit discover --rule bio --out results/paper/bio`.")
 
 # %%
 fig, ax = plt.subplots(figsize=(6.8, 4.2), layout="constrained")

@@ -39,7 +39,8 @@
 #    more orthonormal (Figs. 7-8).
 #
 # As in notebook 02, the meta-training curves come from the committed result folders in
-# `RESULTS_DIR` (`ehebb`, `bio`, `oja`, `fa_lr`) when present; in smoke mode or when a folder is
+# `RESULTS_DIR/paper` (`ehebb`, `bio`, `oja`, `fa_lr`: each 20 trials x 600 episodes, all made by
+# one commit) when present; in smoke mode or when a folder is
 # missing, a *tiny* run is computed afresh (the printout says which). The other experiments
 # (Table 1, information flow, the linear check) are computed live, at a small size in smoke mode.
 # The helpers the notebooks share (`load_or_run`, `save_figure`) live in `labkit.tutorial`; the
@@ -103,6 +104,7 @@ N_DRAWS = 256  # random linear networks averaged over in section 2
 if SMOKE:  # small live experiments
     N_TASKS, K_LIVE, N_DRAWS = min(N_TASKS, 4), min(K_LIVE, 10), min(N_DRAWS, 32)
 FIG_DIR = figure_folder(FIG_DIR, SMOKE)  # a smoke run never writes into the committed figures/
+PAPER = Path(RESULTS_DIR) / "paper"  # the paper-scale runs: 20 trials x 600 episodes each
 print(f"live experiments: {N_TASKS} tasks, K = {K_LIVE}, dataset {DATASET}; linear check: {N_DRAWS} draws; "
       f"figures -> {FIG_DIR}")
 
@@ -116,9 +118,9 @@ print(f"live experiments: {N_TASKS} tasks, K = {K_LIVE}, dataset {DATASET}; line
 # output error (on the query batch after adaptation; $90^\circ$ = unrelated, $0^\circ$ = backprop).
 
 # %%
-ehebb = load_or_run("ehebb", RESULTS_DIR, SMOKE, rule="ehebb")
-fa = load_or_run("fa_lr", RESULTS_DIR, SMOKE, rule="fa")
-bio = load_or_run("bio", RESULTS_DIR, SMOKE, rule="bio")
+ehebb = load_or_run("ehebb", PAPER, SMOKE, rule="ehebb")
+fa = load_or_run("fa_lr", PAPER, SMOKE, rule="fa")
+bio = load_or_run("bio", PAPER, SMOKE, rule="bio")
 fig5 = {"F^eHebb": ehebb, "FA": fa, "F^bio": bio}
 
 fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -367,9 +369,8 @@ save_figure(fig, FIG_DIR, "03_table1_angles.png")
 # %%
 TABLE1_RUNS = {"none": "table1_none", "1": "table1_1", "2": "table1_2", "1,2": "table1_1-2",
                "3": "table1_3", "1,3": "table1_1-3", "2,3": "table1_2-3", "1,2,3": "table1_1-2-3"}
-paper_dir = Path(RESULTS_DIR) / "paper"
-finished = {k: paper_dir / v for k, v in TABLE1_RUNS.items() if (paper_dir / v / results.THETA_FILE).is_file()}
-print(f"meta-learned Table 1: {len(finished)} of 8 configurations committed in {paper_dir}; "
+finished = {k: PAPER / v for k, v in TABLE1_RUNS.items() if (PAPER / v / results.THETA_FILE).is_file()}
+print(f"meta-learned Table 1: {len(finished)} of 8 configurations committed in {PAPER}; "
       f"missing: {', '.join(k for k in TABLE1_RUNS if k not in finished) or 'none'}")
 meta_table1 = None
 if finished:
@@ -499,7 +500,7 @@ save_figure(fig, FIG_DIR, "03_fig6_information_flow.png")
 # $$E_l = \lVert z_l - W_l W_l^\top \sigma(z_l) \rVert^2 .$$
 
 # %%
-oja = load_or_run("oja", RESULTS_DIR, SMOKE, rule="oja")
+oja = load_or_run("oja", PAPER, SMOKE, rule="oja")
 fig7 = {"F^Oja": oja, "FA": fa, "F^bio": bio}
 
 fig, ax = plt.subplots(figsize=(6.4, 4.2))

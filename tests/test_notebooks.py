@@ -164,12 +164,13 @@ def test_notebook_runs_in_smoke_mode(notebook: Path, venv_kernel: str, tmp_path:
 
 @pytest.fixture(scope="session")
 def tiny_results(tmp_path_factory) -> Path:
-    """A RESULTS_DIR with tiny runs of paper/fa_lr, paper/bp_lr, paper/dfa_lr and bio (as `labkit discover`
-    writes them, where notebook 01 looks for them)."""
+    """A RESULTS_DIR with tiny runs of paper/fa_lr, paper/bp_lr, paper/dfa_lr, paper/bio and bio (as
+    `labkit discover` writes them, where notebooks 01 and 04 look for them)."""
     from labkit.meta import MetaConfig, MetaTrainer
 
     root = tmp_path_factory.mktemp("results")
-    for name, rule in (("paper/fa_lr", "fa"), ("paper/bp_lr", "bp"), ("paper/dfa_lr", "dfa"), ("bio", "bio")):
+    for name, rule in (("paper/fa_lr", "fa"), ("paper/bp_lr", "bp"), ("paper/dfa_lr", "dfa"), ("paper/bio", "bio"),
+                       ("bio", "bio")):
         MetaTrainer(MetaConfig(rule=rule, trials=2, episodes=2, K=3, Q=2), out=root / name).run(progress=False)
     return root
 
@@ -180,7 +181,7 @@ READING_RESULTS = {
     "01_feedback_alignment": (
         {"DATASET": "digits", "N_SAMPLES": 40, "EVERY": 20, "N_EVAL": 50, "TRIALS": 2},
         ["fa_lr  : loaded committed results from {results}/paper", "bp_lr  : loaded committed results from {results}/paper",
-         "dfa_lr : loaded committed results from {results}/paper", "bio rule from {results}", "FA + bio rule: final"],
+         "dfa_lr : loaded committed results from {results}/paper", "bio rule from {results}/paper/bio", "FA + bio rule: final"],
     ),
     "04_playground": (
         {"N_SAMPLES": 50, "TRIALS": 1},
