@@ -72,14 +72,14 @@ FALLBACK_THETA: dict[str, dict[int, float]] = {
 FALLBACK_PHI: dict[str, dict[int, float]] = {
     "FA + Kolen-Pollack feedback": {0: 0.01},
 }
-#: Results folder (under the results directory) and feedback pathway of each preset (any
-#: registered pathway, see ``labkit.pathways.names()``).
+#: Results folder (under the results directory; ``paper/``: the paper-scale runs) and feedback
+#: pathway of each preset (any registered pathway, see ``labkit.pathways.names()``).
 PRESET_SOURCES: dict[str, tuple[str, str]] = {
-    "FA (lr only)": ("fa_lr", "fa"),
-    "discovered bio": ("bio", "fa"),
-    "eHebb": ("ehebb", "fa"),
-    "Oja": ("oja", "fa"),
-    "BP": ("bp_lr", "bp"),
+    "FA (lr only)": ("paper/fa_lr", "fa"),
+    "discovered bio": ("paper/bio", "fa"),
+    "eHebb": ("paper/ehebb", "fa"),
+    "Oja": ("paper/oja", "fa"),
+    "BP": ("paper/bp_lr", "bp"),
     "FA + Kolen-Pollack feedback": ("kp_lr", "fa"),  # labkit discover --rule fa --feedback-rule kp
 }
 DEFAULT_PRESET = "discovered bio"
@@ -94,7 +94,7 @@ class Preset:
     name: str
     feedback: str
     theta: tuple[float, ...]  # one per term (N_TERMS), zeros for unused terms
-    source: str  # "mean of 4 meta-trained trials in ../results/bio" or "fallback (hand-set, ...)"
+    source: str  # "mean of 20 meta-trained trials in ../results/paper/bio" or "fallback (hand-set, ...)"
     phi: tuple[float, ...] = ()  # one per feedback term (N_FEEDBACK_TERMS); () = all zero
 
     def __post_init__(self) -> None:

@@ -76,7 +76,7 @@ print(f"SMOKE={SMOKE}: {N_SAMPLES} samples, {TRIALS} trials on {DATASET}")
 # ## 1 · Presets
 #
 # Each preset fixes the feedback pathway and the ten coefficients. When a meta-training run
-# is committed in `RESULTS_DIR` (`fa_lr`, `bio`, `ehebb`, `oja`, `bp_lr`) the preset uses the mean
+# is committed in `RESULTS_DIR/paper` (`fa_lr`, `bio`, `ehebb`, `oja`, `bp_lr`) the preset uses the mean
 # of its final $\theta$ over the trials; otherwise a documented, hand-set fallback
 # (`widgets.FALLBACK_THETA`, tuned by a small grid on the digits stream, *not* meta-learned).
 # The preset "FA + Kolen-Pollack feedback" also makes the feedback matrices learn (plastic

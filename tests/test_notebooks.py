@@ -164,13 +164,12 @@ def test_notebook_runs_in_smoke_mode(notebook: Path, venv_kernel: str, tmp_path:
 
 @pytest.fixture(scope="session")
 def tiny_results(tmp_path_factory) -> Path:
-    """A RESULTS_DIR with tiny runs of paper/fa_lr, paper/bp_lr, paper/dfa_lr, paper/bio and bio (as
+    """A RESULTS_DIR with tiny runs of paper/fa_lr, paper/bp_lr, paper/dfa_lr and paper/bio (as
     `labkit discover` writes them, where notebooks 01 and 04 look for them)."""
     from labkit.meta import MetaConfig, MetaTrainer
 
     root = tmp_path_factory.mktemp("results")
-    for name, rule in (("paper/fa_lr", "fa"), ("paper/bp_lr", "bp"), ("paper/dfa_lr", "dfa"), ("paper/bio", "bio"),
-                       ("bio", "bio")):
+    for name, rule in (("paper/fa_lr", "fa"), ("paper/bp_lr", "bp"), ("paper/dfa_lr", "dfa"), ("paper/bio", "bio")):
         MetaTrainer(MetaConfig(rule=rule, trials=2, episodes=2, K=3, Q=2), out=root / name).run(progress=False)
     return root
 
@@ -185,7 +184,7 @@ READING_RESULTS = {
     ),
     "04_playground": (
         {"N_SAMPLES": 50, "TRIALS": 1},
-        ["meta-trained trials in {results}/bio", "'label': 'discovered bio'}}"],
+        ["meta-trained trials in {results}/paper/bio", "'label': 'discovered bio'}}"],
     ),
 }
 
