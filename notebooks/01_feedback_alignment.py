@@ -82,6 +82,7 @@ N_EVAL = 1000  # held-out images
 if SMOKE:
     DATASET, N_SAMPLES, EVERY, N_EVAL = "digits", 100, 10, 200
 FIG_DIR = figure_folder(FIG_DIR, SMOKE)  # a smoke run never writes into the committed figures/
+PAPER = f"{RESULTS_DIR}/paper"  # the paper-scale runs: 20 trials x 600 episodes each
 print(f"SMOKE={SMOKE}: stream of up to {N_SAMPLES} samples, {TRIALS} trials, learning rate {LR}; figures -> {FIG_DIR}")
 
 # %% [markdown]
@@ -201,7 +202,7 @@ for label, kind in PATHWAYS.items():
 # coefficients (notebook 02 explains where it comes from).
 
 # %%
-bio_folder = Path(RESULTS_DIR) / "paper" / "bio"
+bio_folder = Path(PAPER) / "bio"
 if not SMOKE and (bio_folder / "theta.json").is_file():
     per_trial = results.theta_matrix(bio_folder)  # (trials, 10) final theta, diverged trials left out
     theta_bio = per_trial.mean(axis=0)
@@ -305,9 +306,9 @@ for k in shown:
 
 # %%
 meta = {
-    "FA": load_or_run("fa_lr", f"{RESULTS_DIR}/paper", SMOKE, rule="fa"),
-    "BP": load_or_run("bp_lr", f"{RESULTS_DIR}/paper", SMOKE, rule="bp"),
-    "DFA": load_or_run("dfa_lr", f"{RESULTS_DIR}/paper", SMOKE, rule="dfa"),
+    "FA": load_or_run("fa_lr", PAPER, SMOKE, rule="fa"),
+    "BP": load_or_run("bp_lr", PAPER, SMOKE, rule="bp"),
+    "DFA": load_or_run("dfa_lr", PAPER, SMOKE, rule="dfa"),
 }
 for label, run in meta.items():
     mean, lo, hi = results.final_accuracy(run.history)  # per trial the mean of the last 10 episodes

@@ -81,6 +81,7 @@ if SMOKE:
     FA_SAMPLES, FA_TRIALS = 100, 1
     DEMO_SAMPLES, DEMO_TRIALS, DEMO_EVERY = 150, 2, 25
 FIG_DIR = figure_folder(FIG_DIR, SMOKE)  # a smoke run never writes into the committed figures/
+PAPER = f"{RESULTS_DIR}/paper"  # the paper-scale runs: 20 trials x 600 episodes each
 print(f"SMOKE={SMOKE}: FA stream {FA_SAMPLES} samples x {FA_TRIALS} trials; demo {DEMO_SAMPLES} samples x "
       f"{DEMO_TRIALS} trials; figures -> {FIG_DIR}")
 
@@ -319,9 +320,9 @@ plt.show()
 
 # %%
 runs = {
-    "FA (lr only)": load_or_run("fa_lr", f"{RESULTS_DIR}/paper", SMOKE, rule="fa"),
-    "BP (lr only)": load_or_run("bp_lr", f"{RESULTS_DIR}/paper", SMOKE, rule="bp"),
-    "F^bio": load_or_run("bio", f"{RESULTS_DIR}/paper", SMOKE, rule="bio"),
+    "FA (lr only)": load_or_run("fa_lr", PAPER, SMOKE, rule="fa"),
+    "BP (lr only)": load_or_run("bp_lr", PAPER, SMOKE, rule="bp"),
+    "F^bio": load_or_run("bio", PAPER, SMOKE, rule="bio"),
     "FA + KP feedback": load_or_run("kp_lr", RESULTS_DIR, SMOKE, rule="fa", feedback_rule="kp"),
     "F^bio + KP feedback": load_or_run("bio_kp", RESULTS_DIR, SMOKE, rule="bio", feedback_rule="kp"),
     "pool + feedback pool": load_or_run("pool_fbpool", RESULTS_DIR, SMOKE, rule="pool", feedback_rule="pool"),

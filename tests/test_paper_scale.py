@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from labkit.results import term_survival
 from labkit.rules import make_rule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,8 +88,6 @@ def test_the_set_is_complete_every_run_of_the_script_is_committed():
 
 
 def test_the_refit_meta_learns_exactly_the_terms_the_pool_kept_in_at_least_80_percent_of_its_trials():
-    from labkit.results import term_survival
-
     configs = _paper_configs()
     if not {"pool", "pool_refit"} <= set(configs):
         pytest.skip("pool and pool_refit are not both committed")
